@@ -1,0 +1,364 @@
+//! Jobs: one execution of a task with JSON arguments.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::{Error, JobState};
+
+/// A job's id: a UUID v7, so ids sort by creation time.
+///
+/// ```
+/// let a = tlo_core::JobId::new();
+/// let b = tlo_core::JobId::new();
+/// assert!(a < b);
+/// assert_eq!(a.to_string().parse::<tlo_core::JobId>().unwrap(), a);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub Uuid);
+
+impl JobId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        JobId(Uuid::now_v7())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Uuid::parse_str(s)
+            .map(JobId)
+            .map_err(|err| Error::InvalidSetting {
+                name: "job id".into(),
+                value: s.into(),
+                expected: format!("a UUID ({err})"),
+            })
+    }
+}
+
+/// Progress of a running job: a percentage (or indeterminate) and a message.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// 0.0 to 100.0, or `None` when indeterminate.
+    pub percent: Option<f64>,
+    /// What the job is doing now.
+    pub message: Option<String>,
+}
+
+/// How loud a log line is (optio's levels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    /// Fine-grained detail.
+    Debug,
+    /// Normal information (a subprocess's stdout).
+    Info,
+    /// A notable event in the job's life.
+    Event,
+    /// Something odd (a subprocess's stderr).
+    Warning,
+    /// An error.
+    Error,
+}
+
+impl LogLevel {
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Event => "event",
+            LogLevel::Warning => "warning",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// One line of a job's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// When it was written.
+    pub at: DateTime<Utc>,
+    /// How loud it is.
+    pub level: LogLevel,
+    /// The text.
+    pub message: String,
+    /// The attempt that wrote it.
+    pub attempt: u32,
+}
+
+/// What happened in one attempt of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// The worker that ran it.
+    pub worker: String,
+    /// When the attempt started.
+    pub started_at: DateTime<Utc>,
+    /// When it ended (`None` while running).
+    pub finished_at: Option<DateTime<Utc>>,
+    /// How it ended (`None` while running).
+    pub outcome: Option<JobState>,
+    /// Its error, if it failed.
+    pub error: Option<String>,
+}
+
+/// A job as stored: everything there is to know about one execution of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Its id.
+    pub id: JobId,
+    /// The task it runs.
+    pub task: String,
+    /// The queue it waits in.
+    pub queue: String,
+    /// Its JSON arguments.
+    pub args: Value,
+    /// Its state.
+    pub state: JobState,
+    /// Higher runs first among due jobs.
+    pub priority: i32,
+    /// The current attempt (0 before the first claim).
+    pub attempt: u32,
+    /// How many attempts it may make in all.
+    pub max_attempts: u32,
+    /// Each attempt's record, oldest first.
+    pub attempts: Vec<AttemptRecord>,
+    /// Not claimed before this instant.
+    pub eta: DateTime<Utc>,
+    /// When it was submitted.
+    pub created_at: DateTime<Utc>,
+    /// When the current (or last) attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached an end state.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Its progress.
+    pub progress: Progress,
+    /// Its result once `done`.
+    pub result: Option<Value>,
+    /// Its last error.
+    pub error: Option<String>,
+    /// User metadata (AND-matched by filters).
+    pub metadata: Map<String, Value>,
+    /// A user-chosen unique key (a process id).
+    pub unique_key: Option<String>,
+    /// The exclusivity lock key rendered from the arguments.
+    pub lock_key: Option<String>,
+    /// Whether a cancel is accepted while it runs.
+    pub cancellable: bool,
+    /// The job that spawned it.
+    pub parent: Option<JobId>,
+    /// The root of its tree (itself for a top-level job).
+    pub root: JobId,
+    /// Depth in its tree (0 at the root).
+    pub depth: u32,
+    /// Order among its siblings.
+    pub order: u32,
+    /// The worker holding it while it executes.
+    pub worker: Option<String>,
+    /// The worker's lease ends here unless renewed.
+    pub lease_until: Option<DateTime<Utc>>,
+}
+
+impl Job {
+    /// Time between the start of the last attempt and the end, once ended.
+    pub fn duration(&self) -> Option<Duration> {
+        let (start, end) = (self.started_at?, self.finished_at?);
+        (end - start).to_std().ok()
+    }
+
+    /// Whether the metadata contains every `(key, value)` of `filter`.
+    pub fn metadata_matches(&self, filter: &Map<String, Value>) -> bool {
+        filter
+            .iter()
+            .all(|(key, value)| self.metadata.get(key) == Some(value))
+    }
+}
+
+/// What a submitter hands the store: a job before it exists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    /// Its id (chosen by the submitter so the handle exists before the write).
+    pub id: JobId,
+    /// The task.
+    pub task: String,
+    /// The queue.
+    pub queue: String,
+    /// JSON arguments.
+    pub args: Value,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Attempts in all (at least 1).
+    pub max_attempts: u32,
+    /// Not before.
+    pub eta: DateTime<Utc>,
+    /// User metadata.
+    pub metadata: Map<String, Value>,
+    /// A unique key: when a job with this key exists, that job is returned instead.
+    pub unique_key: Option<String>,
+    /// The rendered exclusivity key.
+    pub lock_key: Option<String>,
+    /// Whether a cancel is accepted while it runs.
+    pub cancellable: bool,
+    /// The parent job, for child jobs.
+    pub parent: Option<JobId>,
+    /// Root of the tree (the id itself for top-level jobs).
+    pub root: JobId,
+    /// Depth in the tree.
+    pub depth: u32,
+    /// Order among siblings.
+    pub order: u32,
+    /// `Idle` for a defined-but-not-launched process, else `Scheduled`.
+    pub state: JobState,
+}
+
+impl NewJob {
+    /// A scheduled top-level job of `task` with `args`, due now, on queue `default`.
+    pub fn new(task: impl Into<String>, args: Value) -> Self {
+        let id = JobId::new();
+        NewJob {
+            id,
+            task: task.into(),
+            queue: "default".into(),
+            args,
+            priority: 0,
+            max_attempts: 1,
+            eta: Utc::now(),
+            metadata: Map::new(),
+            unique_key: None,
+            lock_key: None,
+            cancellable: true,
+            parent: None,
+            root: id,
+            depth: 0,
+            order: 0,
+            state: JobState::Scheduled,
+        }
+    }
+
+    /// Turns the submission into a stored job record.
+    pub fn into_job(self, now: DateTime<Utc>) -> Job {
+        Job {
+            id: self.id,
+            task: self.task,
+            queue: self.queue,
+            args: self.args,
+            state: self.state,
+            priority: self.priority,
+            attempt: 0,
+            max_attempts: self.max_attempts.max(1),
+            attempts: Vec::new(),
+            eta: self.eta,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            progress: Progress::default(),
+            result: None,
+            error: None,
+            metadata: self.metadata,
+            unique_key: self.unique_key,
+            lock_key: self.lock_key,
+            cancellable: self.cancellable,
+            parent: self.parent,
+            root: self.root,
+            depth: self.depth,
+            order: self.order,
+            worker: None,
+            lease_until: None,
+        }
+    }
+}
+
+/// Which jobs a listing returns: every set field must match (AND).
+///
+/// ```
+/// use tlo_core::{JobFilter, JobState};
+/// let filter = JobFilter::default().state(JobState::Failed).task("send_email").limit(10);
+/// assert_eq!(filter.states, vec![JobState::Failed]);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobFilter {
+    /// Any of these states (empty: any state).
+    pub states: Vec<JobState>,
+    /// This task.
+    pub task: Option<String>,
+    /// This queue.
+    pub queue: Option<String>,
+    /// Metadata containing all of these pairs.
+    pub metadata: Map<String, Value>,
+    /// Children of this job.
+    pub parent: Option<JobId>,
+    /// Members of this tree.
+    pub root: Option<JobId>,
+    /// At most this many.
+    pub limit: Option<usize>,
+}
+
+impl JobFilter {
+    /// Adds a state to match.
+    pub fn state(mut self, state: JobState) -> Self {
+        self.states.push(state);
+        self
+    }
+    /// Restricts to a task.
+    pub fn task(mut self, task: impl Into<String>) -> Self {
+        self.task = Some(task.into());
+        self
+    }
+    /// Restricts to a queue.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+    /// Requires a metadata pair.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+    /// Restricts to children of `parent`.
+    pub fn parent(mut self, parent: JobId) -> Self {
+        self.parent = Some(parent);
+        self
+    }
+    /// Restricts to the tree rooted at `root`.
+    pub fn root(mut self, root: JobId) -> Self {
+        self.root = Some(root);
+        self
+    }
+    /// Caps the number of results.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Whether `job` passes this filter (limit aside).
+    pub fn matches(&self, job: &Job) -> bool {
+        (self.states.is_empty() || self.states.contains(&job.state))
+            && self.task.as_deref().is_none_or(|t| t == job.task)
+            && self.queue.as_deref().is_none_or(|q| q == job.queue)
+            && self.parent.is_none_or(|p| job.parent == Some(p))
+            && self.root.is_none_or(|r| job.root == r)
+            && job.metadata_matches(&self.metadata)
+    }
+}

@@ -1,0 +1,291 @@
+//! The engine: state shared by the orchestrator, its workers, scheduler and handles.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use parking_lot::{Mutex, RwLock};
+use serde_json::{Map, Value};
+use tlo_core::{
+    CancelOutcome, Enqueued, Error, Job, JobId, JobState, Locker, NewJob, Result, Store,
+};
+use tokio::sync::{Notify, Semaphore, watch};
+
+use crate::context::{ContextInner, Services};
+use crate::events::{EventBus, Hooks, JobEvent, JobEventKind};
+use crate::metrics::{Count, Metrics};
+use crate::registry::TaskRegistry;
+use crate::settings::{Settings, StopBehavior};
+use crate::task::{Handler, TaskDef};
+
+/// Per-submission choices that override the task's options.
+///
+/// ```
+/// use std::time::Duration;
+/// let options = tlo::SubmitOptions::new()
+///     .queue("reports")
+///     .priority(10)
+///     .delay(Duration::from_secs(60))
+///     .metadata("tenant", "acme")
+///     .unique_key("monthly-report-2026-11");
+/// assert_eq!(options.priority, Some(10));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SubmitOptions {
+    /// Queue (default: the task's, else the settings' default).
+    pub queue: Option<String>,
+    /// Priority (default: the task's).
+    pub priority: Option<i32>,
+    /// Not before this instant.
+    pub eta: Option<chrono::DateTime<Utc>>,
+    /// Not before now + this (ignored when `eta` is set).
+    pub delay: Option<Duration>,
+    /// Metadata, added to the task's.
+    pub metadata: Map<String, Value>,
+    /// A unique key: when a job with it exists, that job's handle is returned instead.
+    pub unique_key: Option<String>,
+    /// Attempts in all (default: the task's).
+    pub max_attempts: Option<u32>,
+}
+
+impl SubmitOptions {
+    /// No overrides.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets the queue.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+    /// Sets the priority (higher first).
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+    /// Runs no earlier than `eta`.
+    pub fn eta(mut self, eta: chrono::DateTime<Utc>) -> Self {
+        self.eta = Some(eta);
+        self
+    }
+    /// Runs no earlier than `delay` from now.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+    /// Adds a metadata pair.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+    /// Sets a unique key.
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
+    }
+    /// Sets the number of attempts in all.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts);
+        self
+    }
+}
+
+pub(crate) struct Engine {
+    pub(crate) settings: Settings,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) locker: Arc<dyn Locker>,
+    pub(crate) registry: Arc<TaskRegistry>,
+    pub(crate) events: EventBus,
+    pub(crate) hooks: Hooks,
+    pub(crate) metrics: Metrics,
+    pub(crate) services: Arc<Services>,
+    pub(crate) worker_id: String,
+    /// Jobs executing in this process.
+    pub(crate) running: Mutex<HashMap<JobId, Arc<ContextInner>>>,
+    /// Jobs claimed here and not yet finished (including those waiting on their lock check).
+    pub(crate) in_flight: AtomicUsize,
+    /// Per-queue count of `in_flight`, kept only when per-queue limits are set.
+    pub(crate) queue_in_flight: Mutex<HashMap<String, usize>>,
+    /// Wakes the dispatcher: new work, or a free slot.
+    pub(crate) wake: Notify,
+    /// Signalled each time a job finishes here (stop waits on it).
+    pub(crate) finished: Notify,
+    /// Bounds the blocking-handler thread pool.
+    pub(crate) blocking: Arc<Semaphore>,
+    /// Queues this worker serves (configured, or learnt from tasks and submissions).
+    pub(crate) queues: RwLock<BTreeSet<String>>,
+    pub(crate) queues_version: AtomicU64,
+    /// Jobs put back by exclusivity during a drain: the drain waits for them too.
+    pub(crate) drain_snoozed: Mutex<HashSet<JobId>>,
+    pub(crate) stop: watch::Sender<Option<StopBehavior>>,
+}
+
+impl Engine {
+    pub(crate) fn new(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        locker: Arc<dyn Locker>,
+        registry: Arc<TaskRegistry>,
+        hooks: Hooks,
+        services: Services,
+    ) -> Self {
+        let worker_id = settings.worker_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+            format!("{host}:{}", std::process::id())
+        });
+        let mut queues: BTreeSet<String> = settings.queues.iter().cloned().collect();
+        queues.insert(settings.default_queue.clone());
+        Engine {
+            blocking: Arc::new(Semaphore::new(settings.blocking_threads)),
+            settings,
+            store,
+            locker,
+            registry,
+            events: EventBus::new(4096),
+            hooks,
+            metrics: Metrics::default(),
+            services: Arc::new(services),
+            worker_id,
+            running: Mutex::new(HashMap::new()),
+            in_flight: AtomicUsize::new(0),
+            queue_in_flight: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            finished: Notify::new(),
+            queues: RwLock::new(queues),
+            queues_version: AtomicU64::new(0),
+            drain_snoozed: Mutex::new(HashSet::new()),
+            stop: watch::channel(None).0,
+        }
+    }
+
+    /// Adds `queue` to those served, unless the settings fix the list.
+    pub(crate) fn learn_queue(&self, queue: &str) {
+        if !self.settings.queues.is_empty() || self.queues.read().contains(queue) {
+            return;
+        }
+        self.queues.write().insert(queue.to_owned());
+        self.queues_version.fetch_add(1, Ordering::Release);
+    }
+
+    pub(crate) fn served_queues(&self) -> Vec<String> {
+        self.queues.read().iter().cloned().collect()
+    }
+
+    pub(crate) fn publish(&self, job: &Job, kind: impl FnOnce() -> JobEventKind) {
+        if self.events.has_listeners() {
+            self.events.publish(JobEvent::of(job, kind()));
+        }
+    }
+
+    /// Builds the stored form of a submission, checking it against the task's definition.
+    pub(crate) fn prepare(
+        &self,
+        def: &TaskDef,
+        args: Value,
+        options: SubmitOptions,
+        checked_type: bool,
+    ) -> Result<NewJob> {
+        let task = def.name();
+        if !checked_type {
+            if let Some(validate) = &def.validate {
+                validate(&args).map_err(|message| Error::InvalidArguments {
+                    task: task.to_owned(),
+                    message,
+                })?;
+            }
+        }
+        if let Handler::Shell(command) = &def.handler {
+            command.template().render_shell(task, &args)?;
+        }
+        let lock_key = match &def.exclusive {
+            Some(template) => Some(template.render(task, &args)?),
+            None => None,
+        };
+        let opts = &def.options;
+        let queue = options
+            .queue
+            .or_else(|| opts.queue.clone())
+            .unwrap_or_else(|| self.settings.default_queue.clone());
+        self.learn_queue(&queue);
+        let mut metadata = opts.metadata.clone();
+        metadata.extend(options.metadata);
+        let eta = match (options.eta, options.delay) {
+            (Some(eta), _) => eta,
+            (None, Some(delay)) => Utc::now() + delay,
+            (None, None) => Utc::now(),
+        };
+        let mut new = NewJob::new(task, args);
+        new.queue = queue;
+        new.priority = options.priority.unwrap_or(opts.priority);
+        new.max_attempts = options.max_attempts.unwrap_or(opts.max_attempts).max(1);
+        new.eta = eta;
+        new.metadata = metadata;
+        new.unique_key = options.unique_key;
+        new.lock_key = lock_key;
+        new.cancellable = !opts.not_cancellable;
+        Ok(new)
+    }
+
+    /// Stores prepared jobs and wakes the workers.
+    pub(crate) async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        let tasks: Vec<String> = jobs.iter().map(|job| job.task.clone()).collect();
+        let enqueued = self.store.enqueue(jobs).await?;
+        for (task, result) in tasks.iter().zip(&enqueued) {
+            if result.inserted {
+                self.metrics.count(task, Count::Enqueued, None);
+            }
+        }
+        if self.events.has_listeners() {
+            for result in enqueued.iter().filter(|e| e.inserted) {
+                if let Some(job) = self.store.get(result.id).await? {
+                    self.publish(&job, || JobEventKind::Enqueued);
+                }
+            }
+        }
+        self.wake.notify_one();
+        Ok(enqueued)
+    }
+
+    pub(crate) async fn submit(
+        &self,
+        task: &str,
+        args: Value,
+        options: SubmitOptions,
+        checked_type: bool,
+    ) -> Result<Enqueued> {
+        let def = self.registry.require(task)?;
+        let new = self.prepare(&def, args, options, checked_type)?;
+        let mut enqueued = self.enqueue(vec![new]).await?;
+        enqueued
+            .pop()
+            .ok_or_else(|| Error::store("store returned no id"))
+    }
+
+    /// Requests a cancel and, when the job runs here, signals its handler.
+    pub(crate) async fn cancel(&self, id: JobId) -> Result<CancelOutcome> {
+        if let Some(job) = self.store.get(id).await? {
+            if job.state == JobState::Running && !job.cancellable {
+                return Err(Error::NotCancellable(id));
+            }
+        }
+        let outcome = self.store.request_cancel(id).await?;
+        let job = self.store.get(id).await?.ok_or(Error::JobNotFound(id))?;
+        match outcome {
+            CancelOutcome::Cancelled => {
+                self.metrics.count(&job.task, Count::Cancelled, None);
+                self.publish(&job, || JobEventKind::Cancelled);
+                crate::events::Hooks::run(&self.hooks.cancelled, &job);
+            }
+            CancelOutcome::Requested => {
+                self.publish(&job, || JobEventKind::CancelRequested);
+                let context = self.running.lock().get(&id).cloned();
+                if let Some(context) = context {
+                    context.cancel.cancel();
+                }
+            }
+        }
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,489 @@
+//! `Tlo`: the orchestrator that wires registry, store, locker, workers and scheduler together.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tlo_core::{CancelOutcome, Error, Job, JobFilter, JobId, Locker, LogEntry, Result, Store};
+use tlo_memory::{MemoryLocker, MemoryStore};
+use tokio::task::JoinHandle;
+
+use crate::context::{Services, TaskContext};
+use crate::engine::{Engine, SubmitOptions};
+use crate::events::Hooks;
+use crate::handle::{JobEvents, JobHandle};
+use crate::metrics::MetricsSnapshot;
+use crate::registry::TaskRegistry;
+use crate::settings::{Settings, SettingsBuilder, StopBehavior, StoreKind};
+use crate::shell::ShellCommand;
+use crate::task::{TaskOptions, TaskRef};
+use crate::{scheduler, worker};
+
+/// Builds a [`Tlo`]: settings, store, locker, services and hooks.
+#[derive(Default)]
+pub struct TloBuilder {
+    settings: SettingsBuilder,
+    store: Option<Arc<dyn Store>>,
+    locker: Option<Arc<dyn Locker>>,
+    services: Services,
+    hooks: Hooks,
+}
+
+impl fmt::Debug for TloBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TloBuilder")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TloBuilder {
+    /// Explicit settings; they win over `TLO_*` variables, which win over defaults.
+    pub fn settings(mut self, settings: SettingsBuilder) -> Self {
+        self.settings = settings;
+        self
+    }
+    /// Uses this store instead of the one the settings name.
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+    /// Uses this shared store.
+    pub fn store_arc(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+    /// Uses this locker instead of the one the settings name.
+    pub fn locker(mut self, locker: impl Locker) -> Self {
+        self.locker = Some(Arc::new(locker));
+        self
+    }
+    /// Makes `service` available to handlers through [`TaskContext::service`].
+    pub fn service<T: std::any::Any + Send + Sync>(mut self, service: T) -> Self {
+        self.services.insert(service);
+        self
+    }
+    /// Called when an attempt starts.
+    pub fn on_task_started(mut self, hook: impl Fn(&Job) + Send + Sync + 'static) -> Self {
+        self.hooks.started.push(Arc::new(hook));
+        self
+    }
+    /// Called when a job ends `done`.
+    pub fn on_task_succeeded(mut self, hook: impl Fn(&Job) + Send + Sync + 'static) -> Self {
+        self.hooks.succeeded.push(Arc::new(hook));
+        self
+    }
+    /// Called when a job ends `failed`.
+    pub fn on_task_failed(mut self, hook: impl Fn(&Job) + Send + Sync + 'static) -> Self {
+        self.hooks.failed.push(Arc::new(hook));
+        self
+    }
+    /// Called when an attempt failed and another is scheduled.
+    pub fn on_task_retried(mut self, hook: impl Fn(&Job) + Send + Sync + 'static) -> Self {
+        self.hooks.retried.push(Arc::new(hook));
+        self
+    }
+    /// Called when a job ends `cancelled`.
+    pub fn on_task_cancelled(mut self, hook: impl Fn(&Job) + Send + Sync + 'static) -> Self {
+        self.hooks.cancelled.push(Arc::new(hook));
+        self
+    }
+
+    /// Resolves the settings (reading `TLO_*` variables) and builds the orchestrator.
+    pub fn build(self) -> Result<Tlo> {
+        let settings = self.settings.build()?;
+        Self::assemble(settings, self.store, self.locker, self.services, self.hooks)
+    }
+
+    /// Like [`build`](Self::build) with an explicit environment lookup (for tests and tools).
+    pub fn build_with_env(self, env: impl Fn(&str) -> Option<String>) -> Result<Tlo> {
+        let settings = self.settings.build_with_env(env)?;
+        Self::assemble(settings, self.store, self.locker, self.services, self.hooks)
+    }
+
+    fn assemble(
+        settings: Settings,
+        store: Option<Arc<dyn Store>>,
+        locker: Option<Arc<dyn Locker>>,
+        services: Services,
+        hooks: Hooks,
+    ) -> Result<Tlo> {
+        let store = match store {
+            Some(store) => store,
+            None => match settings.store {
+                StoreKind::Memory => Arc::new(MemoryStore::new()) as Arc<dyn Store>,
+                other => {
+                    return Err(Error::InvalidSetting {
+                        name: "TLO_TASK_STATE_STORE".into(),
+                        value: other.to_string(),
+                        expected: "memory (this build has no other store; pass one with TloBuilder::store)"
+                            .into(),
+                    });
+                }
+            },
+        };
+        let locker = locker.unwrap_or_else(|| Arc::new(MemoryLocker::new()));
+        let registry = Arc::new(TaskRegistry::new());
+        let engine = Engine::new(settings, store, locker, registry, hooks, services);
+        Ok(Tlo {
+            engine: Arc::new(engine),
+            running: Arc::new(Mutex::new(None)),
+        })
+    }
+}
+
+struct Running {
+    dispatcher: JoinHandle<()>,
+    scheduler: JoinHandle<Result<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// The orchestrator: register tasks, submit jobs, run workers and the scheduler.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use tlo::{Tlo, TaskOptions};
+/// let tlo = Tlo::builder().build()?;
+/// let add = tlo.register("add", TaskOptions::new(), |_ctx, (a, b): (i64, i64)| async move {
+///     Ok::<_, String>(a + b)
+/// })?;
+/// tlo.start()?;
+/// let job = tlo.submit(&add, (2, 3)).await?;
+/// assert_eq!(job.result().await?, 5);
+/// tlo.stop().await?;
+/// # Ok::<(), tlo::Error>(()) }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Tlo {
+    engine: Arc<Engine>,
+    running: Arc<Mutex<Option<Running>>>,
+}
+
+impl fmt::Debug for Tlo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tlo")
+            .field("worker", &self.engine.worker_id)
+            .field("store", &self.engine.store.name())
+            .field("tasks", &self.engine.registry)
+            .finish()
+    }
+}
+
+impl Tlo {
+    /// A builder.
+    pub fn builder() -> TloBuilder {
+        TloBuilder::default()
+    }
+
+    /// An orchestrator with settings from `TLO_*` variables and defaults.
+    pub fn new() -> Result<Tlo> {
+        Self::builder().build()
+    }
+
+    /// The resolved settings.
+    pub fn settings(&self) -> &Settings {
+        &self.engine.settings
+    }
+
+    /// This worker's id (`host:pid` unless `TLO_WORKER_ID` says otherwise).
+    pub fn worker_id(&self) -> &str {
+        &self.engine.worker_id
+    }
+
+    /// The task registry.
+    pub fn registry(&self) -> &TaskRegistry {
+        &self.engine.registry
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.engine.store
+    }
+
+    fn learn(&self, options: &TaskOptions) {
+        if let Some(queue) = &options.queue {
+            self.engine.learn_queue(queue);
+        }
+    }
+
+    /// Registers an async handler; see [`TaskRegistry::register`].
+    pub fn register<A, O, E, F, Fut>(
+        &self,
+        name: &str,
+        options: TaskOptions,
+        handler: F,
+    ) -> Result<TaskRef<A, O>>
+    where
+        F: Fn(TaskContext, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, E>> + Send + 'static,
+        A: DeserializeOwned + Send + 'static,
+        O: Serialize + 'static,
+        E: fmt::Display + 'static,
+    {
+        self.learn(&options);
+        self.engine.registry.register(name, options, handler)
+    }
+
+    /// Registers a blocking handler; see [`TaskRegistry::register_blocking`].
+    pub fn register_blocking<A, O, E, F>(
+        &self,
+        name: &str,
+        options: TaskOptions,
+        handler: F,
+    ) -> Result<TaskRef<A, O>>
+    where
+        F: Fn(TaskContext, A) -> Result<O, E> + Send + Sync + 'static,
+        A: DeserializeOwned + Send + 'static,
+        O: Serialize + 'static,
+        E: fmt::Display + 'static,
+    {
+        self.learn(&options);
+        self.engine
+            .registry
+            .register_blocking(name, options, handler)
+    }
+
+    /// Registers a shell command; see [`TaskRegistry::register_shell`].
+    pub fn register_shell(
+        &self,
+        name: &str,
+        options: TaskOptions,
+        command: ShellCommand,
+    ) -> Result<TaskRef<Value, Value>> {
+        self.learn(&options);
+        self.engine.registry.register_shell(name, options, command)
+    }
+
+    /// Submits a job of a typed task with default options.
+    ///
+    /// The argument type is the task's: the compiler refuses anything else.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let tlo = tlo::Tlo::builder().build()?;
+    /// let double = tlo.register("double", tlo::TaskOptions::new(), |_ctx, n: i64| async move {
+    ///     Ok::<_, String>(n * 2)
+    /// })?;
+    /// let handle = tlo.submit(&double, 21).await?;
+    /// # Ok::<(), tlo::Error>(()) }).unwrap();
+    /// ```
+    ///
+    /// ```compile_fail
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let tlo = tlo::Tlo::builder().build()?;
+    /// let double = tlo.register("double", tlo::TaskOptions::new(), |_ctx, n: i64| async move {
+    ///     Ok::<_, String>(n * 2)
+    /// })?;
+    /// let handle = tlo.submit(&double, "twenty-one").await?; // a &str is not an i64
+    /// # Ok::<(), tlo::Error>(()) }).unwrap();
+    /// ```
+    pub async fn submit<A: Serialize, O>(
+        &self,
+        task: &TaskRef<A, O>,
+        args: A,
+    ) -> Result<JobHandle<O>> {
+        self.submit_with(task, args, SubmitOptions::default()).await
+    }
+
+    /// Submits a job of a typed task.
+    pub async fn submit_with<A: Serialize, O>(
+        &self,
+        task: &TaskRef<A, O>,
+        args: A,
+        options: SubmitOptions,
+    ) -> Result<JobHandle<O>> {
+        let args = serde_json::to_value(args)?;
+        let enqueued = self.engine.submit(task.name(), args, options, true).await?;
+        Ok(JobHandle::new(
+            self.engine.clone(),
+            enqueued.id,
+            enqueued.inserted,
+        ))
+    }
+
+    /// Submits a job by task name with JSON arguments, checked against the task's argument type.
+    pub async fn submit_json(
+        &self,
+        task: &str,
+        args: Value,
+        options: SubmitOptions,
+    ) -> Result<JobHandle<Value>> {
+        let enqueued = self.engine.submit(task, args, options, false).await?;
+        Ok(JobHandle::new(
+            self.engine.clone(),
+            enqueued.id,
+            enqueued.inserted,
+        ))
+    }
+
+    /// Submits many jobs of one typed task in one store write; returns their ids in order.
+    pub async fn submit_batch<A: Serialize, O>(
+        &self,
+        task: &TaskRef<A, O>,
+        args: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<JobId>> {
+        let def = self.engine.registry.require(task.name())?;
+        let jobs = args
+            .into_iter()
+            .map(|args| {
+                let args = serde_json::to_value(args)?;
+                self.engine
+                    .prepare(&def, args, SubmitOptions::default(), true)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let enqueued = self.engine.enqueue(jobs).await?;
+        Ok(enqueued.into_iter().map(|e| e.id).collect())
+    }
+
+    /// A handle on an existing job.
+    pub fn handle<O>(&self, id: JobId) -> JobHandle<O> {
+        JobHandle::new(self.engine.clone(), id, false)
+    }
+
+    /// One job.
+    pub async fn job(&self, id: JobId) -> Result<Job> {
+        self.engine
+            .store
+            .get(id)
+            .await?
+            .ok_or(Error::JobNotFound(id))
+    }
+
+    /// Jobs matching `filter`.
+    pub async fn jobs(&self, filter: &JobFilter) -> Result<Vec<Job>> {
+        self.engine.store.list(filter).await
+    }
+
+    /// A job's log.
+    pub async fn logs(&self, id: JobId) -> Result<Vec<LogEntry>> {
+        self.engine.store.logs(id).await
+    }
+
+    /// Requests a cancel; see [`JobHandle::cancel`].
+    pub async fn cancel(&self, id: JobId) -> Result<CancelOutcome> {
+        self.engine.cancel(id).await
+    }
+
+    /// Every job event from now on (feeds live updates).
+    pub fn events(&self) -> JobEvents {
+        JobEvents::all(self.engine.events.subscribe())
+    }
+
+    /// Counts and durations per task.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.engine.metrics.snapshot()
+    }
+
+    /// Whether workers are running.
+    pub fn is_running(&self) -> bool {
+        self.running.lock().is_some()
+    }
+
+    /// Starts workers, scheduler, heartbeats and flushing on the current tokio runtime.
+    /// Starting twice is a no-op.
+    pub fn start(&self) -> Result<()> {
+        let mut running = self.running.lock();
+        if running.is_some() {
+            return Ok(());
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::Shutdown)?;
+        self.engine.stop.send_replace(None);
+        let engine = &self.engine;
+        *running = Some(Running {
+            dispatcher: runtime.spawn(worker::dispatch(engine.clone())),
+            scheduler: runtime.spawn(scheduler::run(engine.clone())),
+            background: vec![
+                runtime.spawn(worker::heartbeat(engine.clone())),
+                runtime.spawn(worker::rescuer(engine.clone())),
+                runtime.spawn(worker::flusher(engine.clone())),
+            ],
+        });
+        Ok(())
+    }
+
+    /// Stops with the configured stop behaviour (`TLO_STOP_BEHAVIOR`).
+    pub async fn stop(&self) -> Result<()> {
+        self.stop_with(self.engine.settings.stop_behavior).await
+    }
+
+    /// Stops: `Drain` finishes what runs and what is already due; `Cancel` cancels what runs
+    /// here (and, on a store no other process shares, what is queued); `Ignore` stops taking
+    /// work and leaves the queue as it is. Returns once nothing runs here any more; the error of
+    /// a scheduler that failed in panic mode is returned here.
+    pub async fn stop_with(&self, behavior: StopBehavior) -> Result<()> {
+        let Some(running) = self.running.lock().take() else {
+            return Ok(());
+        };
+        let engine = &self.engine;
+        engine.stop.send_replace(Some(behavior));
+        if behavior == StopBehavior::Cancel {
+            let ids: Vec<JobId> = engine.running.lock().keys().copied().collect();
+            for id in ids {
+                if let Err(err) = engine.cancel(id).await {
+                    tracing::debug!(job = %id, error = %err, "cancel at stop");
+                }
+            }
+            if !engine.store.is_shared() {
+                let cancelled = engine
+                    .store
+                    .cancel_scheduled(&engine.served_queues())
+                    .await?;
+                tracing::info!(cancelled, "queued jobs cancelled at stop");
+            }
+        }
+        let _ = running.dispatcher.await;
+        loop {
+            let finished = engine.finished.notified();
+            if engine.in_flight.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            finished.await;
+        }
+        for task in running.background {
+            task.abort();
+        }
+        match running.scheduler.await {
+            Ok(result) => result,
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Starts, runs until SIGINT or SIGTERM (or until the scheduler fails in panic mode), then
+    /// stops with the configured behaviour.
+    pub async fn run_until_signal(&self) -> Result<()> {
+        self.start()?;
+        let mut stop = self.engine.stop.subscribe();
+        #[cfg(unix)]
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        #[cfg(unix)]
+        let terminated = terminate.recv();
+        #[cfg(not(unix))]
+        let terminated = std::future::pending::<Option<()>>();
+        let scheduler_failed = async {
+            loop {
+                let done = self
+                    .running
+                    .lock()
+                    .as_ref()
+                    .is_none_or(|r| r.scheduler.is_finished());
+                if done {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+            _ = terminated => tracing::info!("SIGTERM: stopping"),
+            _ = stop.wait_for(|s| s.is_some()) => {}
+            _ = scheduler_failed => tracing::error!("scheduler ended: stopping"),
+        }
+        self.stop().await
+    }
+}

@@ -1,0 +1,299 @@
+//! Orchestrator lifecycle: stop behaviours, hooks, event stream, metrics, settings layering.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use parking_lot::Mutex;
+use tlo::{Error, JobFilter, JobState, StopBehavior, SubmitOptions, TaskOptions, Tlo};
+
+fn sleeper(tlo: &Tlo, millis: u64) -> tlo::TaskRef<(), ()> {
+    tlo.register("sleep", TaskOptions::new(), move |ctx, _: ()| async move {
+        tokio::select! {
+            _ = tokio::time::sleep(ms(millis)) => Ok(()),
+            _ = ctx.cancelled() => Err("interrupted".to_string()),
+        }
+    })
+    .unwrap()
+}
+
+async fn states(tlo: &Tlo) -> Vec<JobState> {
+    let mut states: Vec<_> = tlo
+        .jobs(&JobFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.state)
+        .collect();
+    states.sort();
+    states
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_finishes_running_and_due_jobs_and_leaves_later_ones() {
+    let tlo = tlo_with(fast().concurrency(2));
+    let t = sleeper(&tlo, 100);
+    tlo.submit_batch(&t, vec![(); 5]).await.unwrap();
+    let later = tlo
+        .submit_with(&t, (), SubmitOptions::new().delay(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    tlo.start().unwrap();
+    tokio::time::sleep(ms(30)).await;
+    tlo.stop_with(StopBehavior::Drain).await.unwrap();
+    let done = tlo
+        .jobs(&JobFilter::default().state(JobState::Done))
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 5);
+    assert_eq!(later.state().await.unwrap(), JobState::Scheduled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stop_cancels_running_and_queued_jobs_of_the_memory_store() {
+    let tlo = tlo_with(fast().concurrency(2));
+    let t = sleeper(&tlo, 10_000);
+    tlo.submit_batch(&t, vec![(); 5]).await.unwrap();
+    tlo.start().unwrap();
+    eventually("two running", || async {
+        tlo.jobs(&JobFilter::default().state(JobState::Running))
+            .await
+            .unwrap()
+            .len()
+            == 2
+    })
+    .await;
+    let started = std::time::Instant::now();
+    tlo.stop_with(StopBehavior::Cancel).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(states(&tlo).await, vec![JobState::Cancelled; 5]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignore_stop_leaves_the_queue_as_it_is() {
+    let tlo = tlo_with(fast().concurrency(1));
+    let t = sleeper(&tlo, 100);
+    tlo.submit_batch(&t, vec![(); 4]).await.unwrap();
+    tlo.start().unwrap();
+    eventually("one running", || async {
+        states(&tlo).await.contains(&JobState::Running)
+    })
+    .await;
+    tlo.stop_with(StopBehavior::Ignore).await.unwrap();
+    let states = states(&tlo).await;
+    assert_eq!(
+        states,
+        vec![
+            JobState::Scheduled,
+            JobState::Scheduled,
+            JobState::Scheduled,
+            JobState::Done
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_events_and_metrics_see_every_outcome() {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let hook = |name: &'static str| {
+        let calls = calls.clone();
+        move |job: &tlo::Job| calls.lock().push(format!("{name}:{}", job.task))
+    };
+    let tlo = build(
+        Tlo::builder()
+            .settings(fast())
+            .on_task_started(hook("started"))
+            .on_task_succeeded(hook("succeeded"))
+            .on_task_failed(hook("failed"))
+            .on_task_retried(hook("retried"))
+            .on_task_cancelled(hook("cancelled")),
+    );
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let a = attempts.clone();
+    let ok = tlo
+        .register("ok", TaskOptions::new(), |_ctx, _: ()| async {
+            Ok::<_, String>(())
+        })
+        .unwrap();
+    let flaky = tlo
+        .register(
+            "flaky",
+            TaskOptions::new()
+                .max_attempts(2)
+                .backoff(tlo::Backoff::fixed(ms(10))),
+            move |_ctx, _: ()| {
+                let n = a.fetch_add(1, Ordering::SeqCst);
+                async move { Err::<(), _>(if n == 0 { "first" } else { "second" }) }
+            },
+        )
+        .unwrap();
+    let mut events = tlo.events();
+    tlo.start().unwrap();
+    tlo.submit(&ok, ()).await.unwrap().wait().await.unwrap();
+    tlo.submit(&flaky, ()).await.unwrap().wait().await.unwrap();
+    let later = tlo
+        .submit_with(&ok, (), SubmitOptions::new().delay(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    later.cancel().await.unwrap();
+    tlo.stop().await.unwrap();
+
+    let calls = calls.lock().clone();
+    for expected in [
+        "started:ok",
+        "succeeded:ok",
+        "started:flaky",
+        "retried:flaky",
+        "failed:flaky",
+        "cancelled:ok",
+    ] {
+        assert!(
+            calls.contains(&expected.to_string()),
+            "{expected} in {calls:?}"
+        );
+    }
+    let mut seen = Vec::new();
+    while let Ok(Some(event)) = tokio::time::timeout(ms(50), events.next()).await {
+        seen.push((event.task, event.state));
+    }
+    assert!(
+        seen.contains(&("flaky".into(), JobState::Failed)),
+        "{seen:?}"
+    );
+    assert!(seen.contains(&("ok".into(), JobState::Done)), "{seen:?}");
+    let metrics = tlo.metrics();
+    let ok = &metrics.tasks["ok"];
+    assert_eq!((ok.enqueued, ok.succeeded, ok.cancelled), (2, 1, 1));
+    let flaky = &metrics.tasks["flaky"];
+    assert_eq!((flaky.started, flaky.retried, flaky.failed), (2, 1, 1));
+    assert_eq!(flaky.duration.count, 2);
+    assert!(flaky.duration.p99_s >= flaky.duration.p50_s);
+}
+
+#[test]
+fn settings_layer_builder_over_environment_over_defaults() {
+    let env = |name: &str| match name {
+        "TLO_CONCURRENCY" => Some("4".to_string()),
+        "TLO_DEFAULT_QUEUE" => Some("from-env".to_string()),
+        _ => None,
+    };
+    let tlo = Tlo::builder()
+        .settings(tlo::SettingsBuilder::default().concurrency(9))
+        .build_with_env(env)
+        .unwrap();
+    let settings = tlo.settings();
+    assert_eq!(settings.concurrency, 9, "builder wins");
+    assert_eq!(settings.default_queue, "from-env", "env beats default");
+    assert_eq!(settings.tick_interval, Duration::from_secs(1), "default");
+
+    let bad = |name: &str| (name == "TLO_STOP_BEHAVIOR").then(|| "Explode".to_string());
+    let err = Tlo::builder().build_with_env(bad).unwrap_err();
+    match err {
+        Error::InvalidSetting {
+            name,
+            value,
+            expected,
+        } => {
+            assert_eq!(
+                (name.as_str(), value.as_str()),
+                ("TLO_STOP_BEHAVIOR", "Explode")
+            );
+            assert!(
+                expected.contains("Drain") && expected.contains("Ignore"),
+                "{expected}"
+            );
+        }
+        other => panic!("unexpected {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_schedule_fires_on_the_first_tick_and_never_overlaps() {
+    let tlo = tlo_with(fast().tick_interval(ms(20)));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let rx = Arc::new(Mutex::new(Some(rx)));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    tlo.register(
+        "heartbeat",
+        TaskOptions::new().schedule(tlo::Schedule::every(ms(50)).unwrap()),
+        move |_ctx, _: serde_json::Value| {
+            r.fetch_add(1, Ordering::SeqCst);
+            let gate = rx.lock().take();
+            async move {
+                if let Some(gate) = gate {
+                    let _ = gate.await; // the first run blocks for a while
+                }
+                Ok::<_, String>(())
+            }
+        },
+    )
+    .unwrap();
+    tlo.start().unwrap();
+    eventually("first run", || async { runs.load(Ordering::SeqCst) == 1 }).await;
+    tokio::time::sleep(ms(300)).await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "no overlap while the first run is active"
+    );
+    tx.send(()).unwrap();
+    eventually("later runs", || async { runs.load(Ordering::SeqCst) >= 3 }).await;
+    tlo.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_slots_fire_once_across_two_schedulers_on_one_store() {
+    let store: Arc<dyn tlo::Store> = Arc::new(tlo::MemoryStore::new());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let tlo = build(
+            Tlo::builder()
+                .settings(fast().tick_interval(ms(10)))
+                .store_arc(store.clone()),
+        );
+        let r = runs.clone();
+        tlo.register(
+            "report",
+            TaskOptions::new().schedule(tlo::Schedule::every(Duration::from_secs(3600)).unwrap()),
+            move |_ctx, _: serde_json::Value| {
+                r.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, String>(()) }
+            },
+        )
+        .unwrap();
+        tlo.start().unwrap();
+        instances.push(tlo);
+    }
+    eventually("one run", || async { runs.load(Ordering::SeqCst) == 1 }).await;
+    tokio::time::sleep(ms(200)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    for tlo in instances {
+        tlo.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_mode_stops_the_orchestrator_on_a_scheduler_error() {
+    // A scheduled task whose scheduled arguments do not fit its type fails at every tick.
+    let tlo = tlo_with(fast().panic_mode(true).tick_interval(ms(20)));
+    tlo.register(
+        "typed",
+        TaskOptions::new()
+            .schedule(tlo::Schedule::every(ms(50)).unwrap())
+            .schedule_args(serde_json::json!("not a number")),
+        |_ctx, _: u32| async { Ok::<_, String>(()) },
+    )
+    .unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(5), tlo.run_until_signal())
+        .await
+        .expect("panic mode stops the orchestrator");
+    assert!(
+        matches!(result, Err(Error::InvalidArguments { .. })),
+        "{result:?}"
+    );
+}
