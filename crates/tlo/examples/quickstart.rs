@@ -11,6 +11,7 @@ struct Resize {
     width: u32,
 }
 
+/// Runs the example.
 #[tokio::main]
 pub async fn main() -> Result<(), tlo::Error> {
     let tlo = Tlo::builder().build()?;

@@ -10,6 +10,7 @@ use tlo::{
     JobFilter, JobState, Schedule, SettingsBuilder, ShellCommand, SubmitOptions, TaskOptions, Tlo,
 };
 
+/// Runs the example.
 #[tokio::main]
 pub async fn main() -> Result<(), tlo::Error> {
     let tlo = Tlo::builder()

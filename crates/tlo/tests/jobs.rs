@@ -7,7 +7,6 @@ use std::sync::Arc;
 use chrono::Utc;
 use common::*;
 use parking_lot::Mutex;
-use serde_json::json;
 use tlo::{Error, JobEventKind, JobFilter, JobState, LogLevel, SubmitOptions, TaskOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
