@@ -1,0 +1,168 @@
+//! `tlo bench`: throughput and latency measurements, one JSON line per measurement.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use tlo::{SettingsBuilder, TaskOptions, Tlo};
+use tokio::sync::Notify;
+
+/// Which store to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum BenchStore {
+    /// The in-memory store.
+    Memory,
+}
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Workload {
+    /// Insert N no-op jobs, then time workers draining them.
+    Drain,
+    /// 200 single jobs 20 ms apart: time from submit to handler start.
+    Latency,
+}
+
+/// One measurement, printed as a JSON line.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Measurement {
+    system: &'static str,
+    version: &'static str,
+    backend: &'static str,
+    workload: &'static str,
+    n: usize,
+    concurrency: usize,
+    cores: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jobs_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    insert_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p95_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p99_ms: Option<f64>,
+}
+
+fn base(store: BenchStore, workload: &'static str, n: usize, concurrency: usize) -> Measurement {
+    Measurement {
+        system: "tlo",
+        version: env!("CARGO_PKG_VERSION"),
+        backend: match store {
+            BenchStore::Memory => "memory",
+        },
+        workload,
+        n,
+        concurrency,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ..Measurement::default()
+    }
+}
+
+fn orchestrator(
+    store: BenchStore,
+    concurrency: usize,
+    on_done: impl Fn(&tlo::Job) + Send + Sync + 'static,
+) -> anyhow::Result<Tlo> {
+    let settings = SettingsBuilder::default().concurrency(concurrency);
+    let builder = Tlo::builder().settings(settings).on_task_succeeded(on_done);
+    let tlo = match store {
+        BenchStore::Memory => builder.store(tlo::MemoryStore::new()).build()?,
+    };
+    Ok(tlo)
+}
+
+/// Inserts `n` no-op jobs, then times the workers until all are done.
+pub(crate) async fn drain(
+    store: BenchStore,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Measurement> {
+    if n == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    let done = Arc::new(AtomicUsize::new(0));
+    let all_done = Arc::new(Notify::new());
+    let (counter, notify) = (done.clone(), all_done.clone());
+    let tlo = orchestrator(store, concurrency, move |_| {
+        if counter.fetch_add(1, Ordering::AcqRel) + 1 == n {
+            notify.notify_one();
+        }
+    })?;
+    let noop = tlo.register("noop", TaskOptions::new(), |_ctx, _: ()| async {
+        Ok::<_, String>(())
+    })?;
+    let insert_started = Instant::now();
+    const CHUNK: usize = 10_000;
+    let mut remaining = n;
+    while remaining > 0 {
+        let chunk = remaining.min(CHUNK);
+        tlo.submit_batch(&noop, std::iter::repeat_n((), chunk))
+            .await?;
+        remaining -= chunk;
+    }
+    let insert_secs = insert_started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    tlo.start()?;
+    all_done.notified().await;
+    let drain_secs = started.elapsed().as_secs_f64();
+    tlo.stop().await?;
+    let mut m = base(store, "drain", n, concurrency);
+    m.jobs_per_s = Some(round(n as f64 / drain_secs));
+    m.insert_per_s = Some(round(n as f64 / insert_secs));
+    Ok(m)
+}
+
+/// Submits `n` single jobs `gap` apart and measures submit-to-start latency.
+pub(crate) async fn latency(
+    store: BenchStore,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Measurement> {
+    if n == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    let tlo = orchestrator(store, concurrency, |_| {})?;
+    let starts: Arc<Vec<std::sync::OnceLock<Instant>>> =
+        Arc::new((0..n).map(|_| std::sync::OnceLock::new()).collect());
+    let seen = starts.clone();
+    let probe = tlo.register("probe", TaskOptions::new(), move |_ctx, i: usize| {
+        let _ = seen[i].set(Instant::now());
+        async { Ok::<_, String>(()) }
+    })?;
+    tlo.start()?;
+    let mut latencies = Vec::with_capacity(n);
+    for i in 0..n {
+        let submitted = Instant::now();
+        let handle = tlo.submit(&probe, i).await?;
+        handle.wait().await?;
+        let start = starts[i]
+            .get()
+            .context("handler did not record its start")?;
+        latencies.push(start.duration_since(submitted).as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tlo.stop().await?;
+    latencies.sort_by(f64::total_cmp);
+    let mut m = base(store, "latency", n, concurrency);
+    m.p50_ms = Some(round3(percentile(&latencies, 0.50)));
+    m.p95_ms = Some(round3(percentile(&latencies, 0.95)));
+    m.p99_ms = Some(round3(percentile(&latencies, 0.99)));
+    Ok(m)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn round(x: f64) -> f64 {
+    x.round()
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
