@@ -14,7 +14,10 @@ mod store;
 pub mod transition;
 
 pub use error::{Error, Result};
-pub use job::{AttemptRecord, Job, JobFilter, JobId, LogEntry, LogLevel, NewJob, Progress};
+pub use job::{
+    AttemptRecord, Job, JobFilter, JobId, JobIdHasher, JobIdMap, JobIdSet, LogEntry, LogLevel,
+    NewJob, Progress,
+};
 pub use locker::Locker;
 pub use state::JobState;
 pub use store::{CancelOutcome, ClaimRequest, Completion, Enqueued, Outcome, QueueDemand, Store};

@@ -1,7 +1,7 @@
 //! `MemoryStore`: every job in one process's memory, behind one lock.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 
 use parking_lot::Mutex;
 use tlo_core::transition::{
@@ -10,7 +10,7 @@ use tlo_core::transition::{
 };
 use tlo_core::{
     CancelOutcome, ClaimRequest, Completion, DateTime, Enqueued, Error, Job, JobFilter, JobId,
-    JobState, LogEntry, NewJob, Progress, Result, Store, Utc, async_trait,
+    JobIdMap, JobIdSet, JobState, LogEntry, NewJob, Progress, Result, Store, Utc, async_trait,
 };
 
 /// A store that keeps jobs in memory: fast, simple, gone when the process exits.
@@ -39,11 +39,11 @@ impl MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    jobs: HashMap<JobId, Entry>,
+    jobs: JobIdMap<Entry>,
     queues: HashMap<String, QueueIndex>,
     unique: HashMap<String, JobId>,
-    executing: HashSet<JobId>,
-    logs: HashMap<JobId, Vec<LogEntry>>,
+    executing: JobIdSet,
+    logs: JobIdMap<Vec<LogEntry>>,
     slots: HashMap<String, DateTime<Utc>>,
     next_seq: u64,
 }

@@ -2,14 +2,14 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, RwLock};
 use serde_json::{Map, Value};
 use tlo_core::{
-    CancelOutcome, Enqueued, Error, Job, JobId, JobState, Locker, NewJob, Result, Store,
+    CancelOutcome, Enqueued, Error, Job, JobId, JobIdMap, JobState, Locker, NewJob, Result, Store,
 };
 use tokio::sync::{Notify, Semaphore, watch};
 
@@ -92,6 +92,15 @@ impl SubmitOptions {
     }
 }
 
+/// Where the orchestrator is in its life, readable without a lock on the hot path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopMode {
+    Running = 0,
+    Drain = 1,
+    Cancel = 2,
+    Ignore = 3,
+}
+
 pub(crate) struct Engine {
     pub(crate) settings: Settings,
     pub(crate) store: Arc<dyn Store>,
@@ -103,7 +112,7 @@ pub(crate) struct Engine {
     pub(crate) services: Arc<Services>,
     pub(crate) worker_id: String,
     /// Jobs executing in this process.
-    pub(crate) running: Mutex<HashMap<JobId, Arc<ContextInner>>>,
+    pub(crate) running: Mutex<JobIdMap<Arc<ContextInner>>>,
     /// Jobs claimed here and not yet finished (including those waiting on their lock check).
     pub(crate) in_flight: AtomicUsize,
     /// Per-queue count of `in_flight`, kept only when per-queue limits are set.
@@ -116,7 +125,16 @@ pub(crate) struct Engine {
     pub(crate) blocking: Arc<Semaphore>,
     /// Queues this worker serves (configured, or learnt from tasks and submissions).
     pub(crate) queues: RwLock<BTreeSet<String>>,
+    /// A snapshot of `queues` for claims.
+    queue_list: RwLock<Arc<[String]>>,
     pub(crate) queues_version: AtomicU64,
+    /// Whether workers run (submissions may then claim at once).
+    pub(crate) started: AtomicBool,
+    stop_mode: AtomicU8,
+    /// When a drain began: it takes the jobs due by then.
+    pub(crate) drain_since: Mutex<Option<DateTime<Utc>>>,
+    /// Claims take turns when per-queue limits are set.
+    pub(crate) claim_turn: tokio::sync::Mutex<()>,
     /// Jobs put back by exclusivity during a drain: the drain waits for them too.
     pub(crate) drain_snoozed: Mutex<HashSet<JobId>>,
     pub(crate) stop: watch::Sender<Option<StopBehavior>>,
@@ -148,13 +166,18 @@ impl Engine {
             metrics: Metrics::default(),
             services: Arc::new(services),
             worker_id,
-            running: Mutex::new(HashMap::new()),
+            running: Mutex::new(JobIdMap::default()),
             in_flight: AtomicUsize::new(0),
             queue_in_flight: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             finished: Notify::new(),
+            queue_list: RwLock::new(queues.iter().cloned().collect()),
             queues: RwLock::new(queues),
             queues_version: AtomicU64::new(0),
+            started: AtomicBool::new(false),
+            stop_mode: AtomicU8::new(StopMode::Running as u8),
+            drain_since: Mutex::new(None),
+            claim_turn: tokio::sync::Mutex::new(()),
             drain_snoozed: Mutex::new(HashSet::new()),
             stop: watch::channel(None).0,
         }
@@ -165,12 +188,46 @@ impl Engine {
         if !self.settings.queues.is_empty() || self.queues.read().contains(queue) {
             return;
         }
-        self.queues.write().insert(queue.to_owned());
+        let mut queues = self.queues.write();
+        queues.insert(queue.to_owned());
+        *self.queue_list.write() = queues.iter().cloned().collect();
         self.queues_version.fetch_add(1, Ordering::Release);
     }
 
-    pub(crate) fn served_queues(&self) -> Vec<String> {
-        self.queues.read().iter().cloned().collect()
+    pub(crate) fn served_queues(&self) -> Arc<[String]> {
+        self.queue_list.read().clone()
+    }
+
+    pub(crate) fn stop_mode(&self) -> StopMode {
+        match self.stop_mode.load(Ordering::Acquire) {
+            0 => StopMode::Running,
+            1 => StopMode::Drain,
+            2 => StopMode::Cancel,
+            _ => StopMode::Ignore,
+        }
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stop_mode() != StopMode::Running
+    }
+
+    /// Enters a stop behaviour (or, with `None`, runs again) and tells every loop.
+    pub(crate) fn set_stop(&self, behavior: Option<StopBehavior>) {
+        let mode = match behavior {
+            None => StopMode::Running,
+            Some(StopBehavior::Drain) => {
+                *self.drain_since.lock() = Some(Utc::now());
+                StopMode::Drain
+            }
+            Some(StopBehavior::Cancel) => StopMode::Cancel,
+            Some(StopBehavior::Ignore) => StopMode::Ignore,
+        };
+        if mode == StopMode::Running {
+            *self.drain_since.lock() = None;
+        }
+        self.stop_mode.store(mode as u8, Ordering::Release);
+        self.stop.send_replace(behavior);
+        self.finished.notify_waiters();
     }
 
     pub(crate) fn publish(&self, job: &Job, kind: impl FnOnce() -> JobEventKind) {
@@ -228,8 +285,11 @@ impl Engine {
         Ok(new)
     }
 
-    /// Stores prepared jobs and wakes the workers.
-    pub(crate) async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+    /// Stores prepared jobs and gets them going: a due job with a free slot is claimed right
+    /// here (no hand-off to the dispatcher), the rest wake the dispatcher.
+    pub(crate) async fn enqueue(self: &Arc<Self>, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        let now = Utc::now();
+        let due = jobs.iter().filter(|job| job.eta <= now).count();
         let tasks: Vec<String> = jobs.iter().map(|job| job.task.clone()).collect();
         let enqueued = self.store.enqueue(jobs).await?;
         for (task, result) in tasks.iter().zip(&enqueued) {
@@ -244,12 +304,19 @@ impl Engine {
                 }
             }
         }
-        self.wake.notify_one();
+        if due > 0 && self.started.load(Ordering::Acquire) && !self.is_stopping() {
+            let started = self.fill_slots(due).await;
+            if started < due {
+                self.wake.notify_one();
+            }
+        } else {
+            self.wake.notify_one();
+        }
         Ok(enqueued)
     }
 
     pub(crate) async fn submit(
-        &self,
+        self: &Arc<Self>,
         task: &str,
         args: Value,
         options: SubmitOptions,

@@ -1,13 +1,12 @@
 //! Job events: a broadcast stream for live updates, per-job wake-ups for handles, and hooks.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::Serialize;
-use tlo_core::{Job, JobId, JobState, Progress};
+use tlo_core::{Job, JobId, JobIdMap, JobState, Progress};
 use tokio::sync::{broadcast, watch};
 
 /// What happened to a job.
@@ -82,14 +81,14 @@ impl JobEvent {
 /// Fans events out: to broadcast subscribers and to handles waiting on one job.
 pub(crate) struct EventBus {
     broadcast: broadcast::Sender<JobEvent>,
-    watchers: Mutex<HashMap<JobId, watch::Sender<u64>>>,
+    watchers: Mutex<JobIdMap<watch::Sender<u64>>>,
 }
 
 impl EventBus {
     pub(crate) fn new(capacity: usize) -> Self {
         EventBus {
             broadcast: broadcast::channel(capacity).0,
-            watchers: Mutex::new(HashMap::new()),
+            watchers: Mutex::new(JobIdMap::default()),
         }
     }
 

@@ -35,7 +35,7 @@ pub(crate) async fn run(engine: Arc<Engine>) -> Result<()> {
 
 /// One tick for one task: fire the due slots it wins, honouring overlap and misfire rules.
 pub(crate) async fn tick(
-    engine: &Engine,
+    engine: &Arc<Engine>,
     def: &TaskDef,
     first_seen: DateTime<Utc>,
     now: DateTime<Utc>,

@@ -22,7 +22,7 @@ use crate::registry::TaskRegistry;
 use crate::settings::{Settings, SettingsBuilder, StopBehavior, StoreKind};
 use crate::shell::ShellCommand;
 use crate::task::{TaskOptions, TaskRef};
-use crate::{scheduler, worker};
+use crate::{maintenance, scheduler, worker};
 
 /// Builds a [`Tlo`]: settings, store, locker, services and hooks.
 #[derive(Default)]
@@ -392,15 +392,16 @@ impl Tlo {
             return Ok(());
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::Shutdown)?;
-        self.engine.stop.send_replace(None);
         let engine = &self.engine;
+        engine.set_stop(None);
+        engine.started.store(true, Ordering::Release);
         *running = Some(Running {
             dispatcher: runtime.spawn(worker::dispatch(engine.clone())),
             scheduler: runtime.spawn(scheduler::run(engine.clone())),
             background: vec![
-                runtime.spawn(worker::heartbeat(engine.clone())),
-                runtime.spawn(worker::rescuer(engine.clone())),
-                runtime.spawn(worker::flusher(engine.clone())),
+                runtime.spawn(maintenance::heartbeat(engine.clone())),
+                runtime.spawn(maintenance::rescuer(engine.clone())),
+                runtime.spawn(maintenance::flusher(engine.clone())),
             ],
         });
         Ok(())
@@ -420,7 +421,7 @@ impl Tlo {
             return Ok(());
         };
         let engine = &self.engine;
-        engine.stop.send_replace(Some(behavior));
+        engine.set_stop(Some(behavior));
         if behavior == StopBehavior::Cancel {
             let ids: Vec<JobId> = engine.running.lock().keys().copied().collect();
             for id in ids {
@@ -444,6 +445,7 @@ impl Tlo {
             }
             finished.await;
         }
+        engine.started.store(false, Ordering::Release);
         for task in running.background {
             task.abort();
         }

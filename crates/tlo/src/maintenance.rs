@@ -1,0 +1,80 @@
+//! Background duties of a running orchestrator: leases, rescue, progress flushing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tlo_core::JobState;
+
+use crate::context::TaskContext;
+use crate::engine::Engine;
+use crate::runner::flush;
+
+/// Renews leases and locks of running jobs, and picks up cancels requested elsewhere.
+pub(crate) async fn heartbeat(engine: Arc<Engine>) {
+    let every = (engine.settings.lease / 3).min(Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        let running: Vec<_> = engine.running.lock().values().cloned().collect();
+        if running.is_empty() {
+            continue;
+        }
+        let ids: Vec<_> = running.iter().map(|c| (c.job.id, c.job.attempt)).collect();
+        let until = Utc::now() + engine.settings.lease;
+        match engine
+            .store
+            .renew_leases(&engine.worker_id, &ids, until)
+            .await
+        {
+            Ok(states) => {
+                for (id, state) in states {
+                    if matches!(state, JobState::CancelRequested | JobState::Cancelling) {
+                        if let Some(ctx) = running.iter().find(|c| c.job.id == id) {
+                            ctx.cancel.cancel();
+                        }
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "renewing leases failed"),
+        }
+        for ctx in &running {
+            if let Some(key) = &ctx.job.lock_key {
+                let _ = engine
+                    .locker
+                    .renew(key, ctx.job.id, engine.settings.lease)
+                    .await;
+            }
+        }
+    }
+}
+
+/// Puts back jobs whose worker vanished.
+pub(crate) async fn rescuer(engine: Arc<Engine>) {
+    let mut ticker =
+        tokio::time::interval((engine.settings.lease / 2).max(Duration::from_millis(100)));
+    loop {
+        ticker.tick().await;
+        match engine.store.rescue_expired(Utc::now()).await {
+            Ok(rescued) => {
+                for job in rescued {
+                    tracing::warn!(job = %job.id, state = %job.state, "rescued a job whose worker vanished");
+                    engine.wake.notify_one();
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "rescuing expired jobs failed"),
+        }
+    }
+}
+
+/// Flushes buffered progress and logs of running jobs every flush interval.
+pub(crate) async fn flusher(engine: Arc<Engine>) {
+    let mut ticker = tokio::time::interval(engine.settings.progress_flush_interval);
+    loop {
+        ticker.tick().await;
+        let running: Vec<_> = engine.running.lock().values().cloned().collect();
+        for inner in running {
+            flush(&engine, &TaskContext { inner }).await;
+        }
+    }
+}
