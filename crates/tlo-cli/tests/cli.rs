@@ -1,0 +1,190 @@
+//! The `tlo` binary end to end: exit codes, every config error with its line, graceful stop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn tlo() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tlo"));
+    // The machine's TLO_* variables must not change what these tests see.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TLO_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tlo.toml")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tlo-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().expect("run tlo")
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let out = run(tlo().arg("--config").arg(example()).arg("check"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("ok (4 tasks)"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn check_reports_every_error_with_its_line_and_exits_2() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/invalid.toml");
+    let out = run(tlo().arg("-c").arg(&fixture).arg("check"));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    for needle in [
+        "invalid.toml:3:",  // concurrency = "lots"
+        "invalid.toml:6:",  // comand
+        "invalid.toml:11:", // every and cron together
+        "comand",
+        "TLO_CONCURRENCY",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn list_tasks_shows_names_queues_and_schedules() {
+    let out = run(tlo().arg("-c").arg(example()).arg("list-tasks"));
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("heartbeat\tqueue=default\tschedule=every 10s"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("nightly_report\tqueue=reports"), "{stdout}");
+}
+
+#[test]
+fn run_with_an_invalid_cron_starts_nothing() {
+    let dir = scratch("badcron");
+    let marker = dir.join("ran");
+    let config = dir.join("tlo.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tasks.a]\ncommand = \"touch {}\"\nevery = \"1s\"\n\n[tasks.b]\ncommand = \"true\"\ncron = \"99 * * * *\"\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let out = run(tlo().arg("-c").arg(&config).arg("run"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("tlo.toml:7:"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!marker.exists(), "a task ran although the file is invalid");
+}
+
+#[test]
+fn missing_config_file_is_named() {
+    let out = run(tlo().args(["-c", "/nonexistent/tlo.toml", "check"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("/nonexistent/tlo.toml"));
+}
+
+#[test]
+fn run_executes_scheduled_shell_tasks_and_stops_gracefully_on_sigterm() {
+    let dir = scratch("run");
+    let out_file = dir.join("out.txt");
+    let config = dir.join("tlo.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[settings]\ntick_interval = 0.1\n\n[tasks.tick]\ncommand = \"echo tick >> {}\"\nevery = \"1h\"\n",
+            out_file.display()
+        ),
+    )
+    .unwrap();
+    let mut child = tlo()
+        .arg("-c")
+        .arg(&config)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !out_file.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(out_file.exists(), "the scheduled task never ran");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "tlo did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = text(&child.wait_with_output().unwrap().stderr);
+    assert!(status.success(), "{status:?}\n{stderr}");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "tick\n");
+}
+
+#[test]
+fn bench_prints_one_json_line_per_measurement() {
+    for (workload, jobs, fields) in [
+        ("drain", "2000", &["jobs_per_s", "insert_per_s"][..]),
+        ("latency", "5", &["p50_ms", "p95_ms", "p99_ms"][..]),
+    ] {
+        let out = run(tlo().args([
+            "bench",
+            "--store",
+            "memory",
+            "--workload",
+            workload,
+            "--jobs",
+            jobs,
+        ]));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        for field in [
+            "system",
+            "version",
+            "backend",
+            "workload",
+            "n",
+            "concurrency",
+            "cores",
+        ]
+        .iter()
+        .chain(fields)
+        {
+            assert!(line.get(field).is_some(), "{field} missing in {stdout}");
+        }
+        assert_eq!(line["system"], "tlo");
+        assert_eq!(line["workload"], workload);
+        assert_eq!(line["n"].as_u64().unwrap().to_string(), jobs);
+    }
+}
+
+#[test]
+fn bench_refuses_zero_jobs() {
+    let out = run(tlo().args(["bench", "--jobs", "0"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--jobs"));
+}
