@@ -14,6 +14,8 @@ use tokio::sync::Notify;
 pub(crate) enum BenchStore {
     /// The in-memory store.
     Memory,
+    /// An SQLite file (a fresh temporary one unless `--database-url` names one).
+    Sqlite,
 }
 
 /// What to measure.
@@ -53,6 +55,7 @@ fn base(store: BenchStore, workload: &'static str, n: usize, concurrency: usize)
         version: env!("CARGO_PKG_VERSION"),
         backend: match store {
             BenchStore::Memory => "memory",
+            BenchStore::Sqlite => "sqlite",
         },
         workload,
         n,
@@ -71,6 +74,13 @@ fn orchestrator(
     let builder = Tlo::builder().settings(settings).on_task_succeeded(on_done);
     let tlo = match store {
         BenchStore::Memory => builder.store(tlo::MemoryStore::new()).build()?,
+        BenchStore::Sqlite => {
+            let dir = std::env::temp_dir().join(format!("tlo-bench-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let sqlite = tlo::SqliteStore::open(dir.join("bench.db"))?;
+            let locker = sqlite.locker();
+            builder.store(sqlite).locker(locker).build()?
+        }
     };
     Ok(tlo)
 }

@@ -63,3 +63,5 @@ pub use tlo_core::{
     Result, Store,
 };
 pub use tlo_memory::{MemoryLocker, MemoryStore};
+#[cfg(feature = "sqlite")]
+pub use tlo_sqlite::{SqliteLocker, SqliteStore};

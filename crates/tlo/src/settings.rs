@@ -94,6 +94,8 @@ kind!(
 kind!(
     /// Which locker guards exclusivity keys (`TLO_LOCKER`).
     LockerKind, "TLO_LOCKER", {
+        /// The store's own: in-process for the memory store, lock rows for durable stores.
+        Auto => "auto",
         /// In-process locks.
         Memory => "memory" | "InMemoryLocker",
         /// Lock rows in the shared store (durable stores).
@@ -187,7 +189,11 @@ impl Settings {
             "store: memory, sqlite, postgres",
         ),
         ("TLO_QUEUE", "store", "where queues live"),
-        ("TLO_LOCKER", "memory", "exclusivity locker: memory, store"),
+        (
+            "TLO_LOCKER",
+            "auto",
+            "exclusivity locker: auto (the store's), memory, store",
+        ),
         (
             "TLO_TICK_INTERVAL",
             "1.0",

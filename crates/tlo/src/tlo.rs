@@ -19,7 +19,7 @@ use crate::events::Hooks;
 use crate::handle::{JobEvents, JobHandle};
 use crate::metrics::MetricsSnapshot;
 use crate::registry::TaskRegistry;
-use crate::settings::{Settings, SettingsBuilder, StopBehavior, StoreKind};
+use crate::settings::{LockerKind, Settings, SettingsBuilder, StopBehavior, StoreKind};
 use crate::shell::ShellCommand;
 use crate::task::{TaskOptions, TaskRef};
 use crate::{maintenance, scheduler, worker};
@@ -113,27 +113,60 @@ impl TloBuilder {
         services: Services,
         hooks: Hooks,
     ) -> Result<Tlo> {
-        let store = match store {
-            Some(store) => store,
-            None => match settings.store {
-                StoreKind::Memory => Arc::new(MemoryStore::new()) as Arc<dyn Store>,
-                other => {
+        let (store, store_locker) = match store {
+            Some(store) => (store, None),
+            None => open_store(&settings)?,
+        };
+        let locker = match (locker, settings.locker) {
+            (Some(locker), _) => locker,
+            (None, LockerKind::Memory) => Arc::new(MemoryLocker::new()) as Arc<dyn Locker>,
+            (None, LockerKind::Auto | LockerKind::Store) => match store_locker {
+                Some(locker) => locker,
+                None if settings.locker == LockerKind::Store && store.is_shared() => {
                     return Err(Error::InvalidSetting {
-                        name: "TLO_TASK_STATE_STORE".into(),
-                        value: other.to_string(),
-                        expected: "memory (this build has no other store; pass one with TloBuilder::store)"
+                        name: "TLO_LOCKER".into(),
+                        value: "store".into(),
+                        expected: "auto or memory when the store is passed in: pass its locker with TloBuilder::locker"
                             .into(),
                     });
                 }
+                None => Arc::new(MemoryLocker::new()),
             },
         };
-        let locker = locker.unwrap_or_else(|| Arc::new(MemoryLocker::new()));
         let registry = Arc::new(TaskRegistry::new());
         let engine = Engine::new(settings, store, locker, registry, hooks, services);
         Ok(Tlo {
             engine: Arc::new(engine),
             running: Arc::new(Mutex::new(None)),
         })
+    }
+}
+
+type Opened = (Arc<dyn Store>, Option<Arc<dyn Locker>>);
+
+/// Opens the store the settings name, with its own locker when it has one.
+fn open_store(settings: &Settings) -> Result<Opened> {
+    match settings.store {
+        StoreKind::Memory => Ok((Arc::new(MemoryStore::new()), None)),
+        #[cfg(feature = "sqlite")]
+        StoreKind::Sqlite => {
+            let url = settings.database_url.as_deref().unwrap_or("tlo.db");
+            let store = tlo_sqlite::SqliteStore::open_url(url)?;
+            let locker = Arc::new(store.locker()) as Arc<dyn Locker>;
+            Ok((Arc::new(store), Some(locker)))
+        }
+        other => Err(Error::InvalidSetting {
+            name: "TLO_TASK_STATE_STORE".into(),
+            value: other.to_string(),
+            expected: format!(
+                "a store compiled into this build: memory{}",
+                if cfg!(feature = "sqlite") {
+                    ", sqlite"
+                } else {
+                    ""
+                }
+            ),
+        }),
     }
 }
 

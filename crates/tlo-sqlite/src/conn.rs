@@ -1,0 +1,130 @@
+//! One connection on its own thread; calls queue up and run in batches, one transaction per
+//! batch (group commit), each call in its own savepoint so a failing call changes nothing.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+
+use rusqlite::Connection;
+use tlo_core::{Error, Result};
+use tokio::sync::oneshot;
+
+/// Most calls committed together.
+const BATCH: usize = 512;
+
+type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+type Call = Box<dyn FnOnce(&Connection) -> Reply + Send>;
+
+/// A handle on the connection thread; cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct Conn {
+    calls: mpsc::Sender<Call>,
+}
+
+pub(crate) fn store_error(err: impl std::fmt::Display) -> Error {
+    Error::store(format!("sqlite: {err}"))
+}
+
+impl Conn {
+    /// Opens `path` (WAL, busy timeout), runs `setup` on it, and starts the thread.
+    pub(crate) fn open(
+        path: &Path,
+        setup: impl FnOnce(&mut Connection) -> Result<()>,
+    ) -> Result<Conn> {
+        let mut conn = Connection::open(path)
+            .map_err(|err| store_error(format!("cannot open {}: {err}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(store_error)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(store_error)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(store_error)?;
+        conn.pragma_update(None, "foreign_keys", "OFF")
+            .map_err(store_error)?;
+        conn.pragma_update(None, "cache_size", -65_536) // 64 MiB
+            .map_err(store_error)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        setup(&mut conn)?;
+        let (calls, queue) = mpsc::channel::<Call>();
+        thread::Builder::new()
+            .name("tlo-sqlite".into())
+            .spawn(move || serve(conn, queue))
+            .map_err(Error::Io)?;
+        Ok(Conn { calls })
+    }
+
+    /// Runs `f` on the connection thread inside the current batch's transaction.
+    pub(crate) async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let call: Call = Box::new(move |conn| {
+            let result = in_savepoint(conn, f);
+            Box::new(move |commit_error: Option<&str>| {
+                let result = match commit_error {
+                    Some(err) => Err(store_error(err)),
+                    None => result,
+                };
+                let _ = tx.send(result);
+            })
+        });
+        self.calls
+            .send(call)
+            .map_err(|_| store_error("connection thread stopped"))?;
+        rx.await
+            .map_err(|_| store_error("connection thread stopped"))?
+    }
+}
+
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    exec_cached(conn, "SAVEPOINT call").map_err(store_error)?;
+    match f(conn) {
+        Ok(value) => {
+            exec_cached(conn, "RELEASE call").map_err(store_error)?;
+            Ok(value)
+        }
+        Err(err) => {
+            let _ = exec_cached(conn, "ROLLBACK TO call");
+            let _ = exec_cached(conn, "RELEASE call");
+            Err(err)
+        }
+    }
+}
+
+fn serve(conn: Connection, queue: mpsc::Receiver<Call>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match queue.try_recv() {
+                Ok(call) => batch.push(call),
+                Err(_) => break,
+            }
+        }
+        // IMMEDIATE takes the write lock up front: other processes on the file wait (busy
+        // timeout) instead of failing halfway.
+        if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Still busy after the timeout: run each call on its own (a savepoint outside a
+            // transaction is one), so each succeeds or fails alone.
+            tracing::warn!(error = %err, "sqlite: cannot begin a batch; running calls one by one");
+            for call in batch {
+                call(&conn)(None);
+            }
+            continue;
+        }
+        let replies: Vec<Reply> = batch.into_iter().map(|call| call(&conn)).collect();
+        let commit = conn.execute_batch("COMMIT").map_err(|err| err.to_string());
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        let error = commit.err();
+        for reply in replies {
+            reply(error.as_deref());
+        }
+    }
+}

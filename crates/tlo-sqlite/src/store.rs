@@ -1,0 +1,534 @@
+//! `SqliteStore`: jobs in one SQLite file.
+//!
+//! Indexed columns (state, queue, priority, eta, ...) sit beside the whole job as JSON, and every
+//! state write loads the job, applies the reference semantics of `tlo_core::transition`, and
+//! writes it back inside the batch transaction, so SQLite behaves exactly as the other stores.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use tlo_core::transition::{
+    apply_acknowledge_cancel, apply_cancel_request, apply_claim, apply_completion, apply_progress,
+    apply_rescue,
+};
+use tlo_core::{
+    CancelOutcome, ClaimRequest, Completion, DateTime, Enqueued, Error, Job, JobFilter, JobId,
+    JobState, LogEntry, NewJob, Progress, Result, Store, Utc, async_trait,
+};
+
+use crate::conn::{Conn, store_error};
+use crate::schema;
+
+/// A store in an SQLite file: durable, zero set-up, safe with several processes on one file
+/// (they take turns writing).
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use tlo_core::{NewJob, Store};
+/// let dir = std::env::temp_dir().join(format!("tlo-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let store = tlo_sqlite::SqliteStore::open(dir.join("tlo.db"))?;
+/// let ids = store.enqueue(vec![NewJob::new("greet", serde_json::json!({"name": "Ada"}))]).await?;
+/// assert!(store.get(ids[0].id).await?.is_some());
+/// # Ok::<(), tlo_core::Error>(()) }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    conn: Conn,
+    path: PathBuf,
+}
+
+fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+fn json_error(err: serde_json::Error) -> Error {
+    Error::Serialization(err)
+}
+
+fn decode(data: &str) -> Result<Job> {
+    serde_json::from_str(data).map_err(json_error)
+}
+
+fn id_of(bytes: Vec<u8>) -> Result<JobId> {
+    uuid::Uuid::from_slice(&bytes)
+        .map(JobId)
+        .map_err(store_error)
+}
+
+pub(crate) fn load(conn: &Connection, id: JobId) -> Result<Option<Job>> {
+    conn.prepare_cached("SELECT data FROM jobs WHERE id = ?1")
+        .and_then(|mut stmt| {
+            stmt.query_row([id.0.as_bytes()], |row| row.get::<_, String>(0))
+                .optional()
+        })
+        .map_err(store_error)?
+        .map(|data| decode(&data))
+        .transpose()
+}
+
+fn require(conn: &Connection, id: JobId) -> Result<Job> {
+    load(conn, id)?.ok_or(Error::JobNotFound(id))
+}
+
+fn save(conn: &Connection, job: &Job) -> Result<()> {
+    let data = serde_json::to_string(job).map_err(json_error)?;
+    conn.prepare_cached(
+        "UPDATE jobs SET state = ?2, queue = ?3, priority = ?4, eta = ?5, worker = ?6,
+             lease_until = ?7, data = ?8 WHERE id = ?1",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            job.id.0.as_bytes(),
+            job.state.as_str(),
+            job.queue,
+            job.priority,
+            micros(job.eta),
+            job.worker,
+            job.lease_until.map(micros),
+            data,
+        ])
+    })
+    .map_err(store_error)?;
+    Ok(())
+}
+
+fn insert(conn: &Connection, job: &Job) -> Result<()> {
+    let data = serde_json::to_string(job).map_err(json_error)?;
+    conn.prepare_cached(
+        "INSERT INTO jobs (id, task, queue, state, priority, eta, unique_key, parent, root,
+             depth, ord, worker, lease_until, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, NULL, ?12)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            job.id.0.as_bytes(),
+            job.task,
+            job.queue,
+            job.state.as_str(),
+            job.priority,
+            micros(job.eta),
+            job.unique_key,
+            job.parent.map(|p| p.0.as_bytes().to_vec()),
+            job.root.0.as_bytes(),
+            job.depth,
+            job.order,
+            data,
+        ])
+    })
+    .map_err(store_error)?;
+    Ok(())
+}
+
+/// `(?, ?, ...)` for `n` parameters.
+fn placeholders(n: usize) -> String {
+    let mut text = String::from("(");
+    for i in 0..n {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        text.push('?');
+    }
+    text.push(')');
+    text
+}
+
+/// Loads every job matching `sql` (a query of `data`) with `args`.
+fn load_many(
+    conn: &Connection,
+    sql: &str,
+    args: impl IntoIterator<Item = rusqlite::types::Value>,
+) -> Result<Vec<Job>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(store_error)?;
+    let rows = stmt
+        .query_map(params_from_iter(args), |row| row.get::<_, String>(0))
+        .map_err(store_error)?;
+    rows.map(|row| decode(&row.map_err(store_error)?)).collect()
+}
+
+fn text_values(items: &[String]) -> impl Iterator<Item = rusqlite::types::Value> + '_ {
+    items
+        .iter()
+        .map(|item| rusqlite::types::Value::Text(item.clone()))
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store at `path` and applies pending migrations.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|err| store_error(format!("cannot create {}: {err}", dir.display())))?;
+        }
+        let conn = Conn::open(&path, schema::migrate)?;
+        Ok(SqliteStore { conn, path })
+    }
+
+    /// Opens the store named by a URL: `sqlite://relative/or/absolute.db`, `sqlite:file.db`,
+    /// or a plain path.
+    pub fn open_url(url: &str) -> Result<SqliteStore> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        Self::open(path)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A [`SqliteLocker`](crate::SqliteLocker) on the same file and connection.
+    pub fn locker(&self) -> crate::SqliteLocker {
+        crate::SqliteLocker::new(self.conn.clone())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn is_shared(&self) -> bool {
+        // Other processes may open the same file.
+        true
+    }
+
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        self.conn
+            .call(move |conn| {
+                let now = Utc::now();
+                let mut out = Vec::with_capacity(jobs.len());
+                for new in jobs {
+                    if let Some(key) = &new.unique_key {
+                        let existing: Option<Vec<u8>> = conn
+                            .prepare_cached("SELECT id FROM jobs WHERE unique_key = ?1")
+                            .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+                            .map_err(store_error)?;
+                        if let Some(existing) = existing {
+                            out.push(Enqueued {
+                                id: id_of(existing)?,
+                                inserted: false,
+                            });
+                            continue;
+                        }
+                    }
+                    let job = new.into_job(now);
+                    insert(conn, &job)?;
+                    out.push(Enqueued {
+                        id: job.id,
+                        inserted: true,
+                    });
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Job>> {
+        let request = request.clone();
+        self.conn
+            .call(move |conn| {
+                let now = micros(request.now);
+                let mut candidates: Vec<(i64, Job)> = Vec::new();
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT seq, data FROM jobs INDEXED BY jobs_due
+                         WHERE state = 'scheduled' AND queue = ?1 AND eta <= ?2
+                         ORDER BY priority DESC, eta, seq LIMIT ?3",
+                    )
+                    .map_err(store_error)?;
+                for demand in request.queues.iter().filter(|d| d.limit > 0) {
+                    let limit = demand.limit.min(request.limit) as i64;
+                    let rows = stmt
+                        .query_map(params![demand.queue, now, limit], |row| {
+                            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                        })
+                        .map_err(store_error)?;
+                    for row in rows {
+                        let (seq, data) = row.map_err(store_error)?;
+                        candidates.push((seq, decode(&data)?));
+                    }
+                }
+                candidates.sort_by(|(sa, a), (sb, b)| {
+                    b.priority
+                        .cmp(&a.priority)
+                        .then(a.eta.cmp(&b.eta))
+                        .then(sa.cmp(sb))
+                });
+                candidates.truncate(request.limit);
+                let mut claimed = Vec::with_capacity(candidates.len());
+                for (_, mut job) in candidates {
+                    apply_claim(&mut job, &request.worker, request.now, request.lease)?;
+                    save(conn, &job)?;
+                    claimed.push(job);
+                }
+                Ok(claimed)
+            })
+            .await
+    }
+
+    async fn complete(&self, completion: Completion) -> Result<Job> {
+        self.conn
+            .call(move |conn| {
+                let mut job = require(conn, completion.id)?;
+                apply_completion(&mut job, &completion)?;
+                save(conn, &job)?;
+                Ok(job)
+            })
+            .await
+    }
+
+    async fn request_cancel(&self, id: JobId) -> Result<CancelOutcome> {
+        self.conn
+            .call(move |conn| {
+                let mut job = require(conn, id)?;
+                let outcome = apply_cancel_request(&mut job, Utc::now())?;
+                save(conn, &job)?;
+                Ok(outcome)
+            })
+            .await
+    }
+
+    async fn acknowledge_cancel(&self, id: JobId, attempt: u32) -> Result<()> {
+        self.conn
+            .call(move |conn| {
+                let mut job = require(conn, id)?;
+                apply_acknowledge_cancel(&mut job, attempt)?;
+                save(conn, &job)
+            })
+            .await
+    }
+
+    async fn renew_leases(
+        &self,
+        worker: &str,
+        jobs: &[(JobId, u32)],
+        until: DateTime<Utc>,
+    ) -> Result<Vec<(JobId, JobState)>> {
+        let (worker, jobs) = (worker.to_owned(), jobs.to_vec());
+        self.conn
+            .call(move |conn| {
+                let mut out = Vec::with_capacity(jobs.len());
+                for (id, attempt) in jobs {
+                    let Some(mut job) = load(conn, id)? else {
+                        continue;
+                    };
+                    if job.attempt == attempt
+                        && job.state.is_executing()
+                        && job.worker.as_deref() == Some(worker.as_str())
+                    {
+                        job.lease_until = Some(until);
+                        save(conn, &job)?;
+                        out.push((id, job.state));
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn rescue_expired(&self, now: DateTime<Utc>) -> Result<Vec<Job>> {
+        self.conn
+            .call(move |conn| {
+                let expired = load_many(
+                    conn,
+                    "SELECT data FROM jobs
+                     WHERE state IN ('running', 'cancel_requested', 'cancelling')
+                       AND lease_until < ?1",
+                    [rusqlite::types::Value::Integer(micros(now))],
+                )?;
+                let mut rescued = Vec::with_capacity(expired.len());
+                for mut job in expired {
+                    apply_rescue(&mut job, now);
+                    save(conn, &job)?;
+                    rescued.push(job);
+                }
+                Ok(rescued)
+            })
+            .await
+    }
+
+    async fn set_progress(&self, id: JobId, attempt: u32, progress: Progress) -> Result<()> {
+        self.conn
+            .call(move |conn| {
+                let mut job = require(conn, id)?;
+                apply_progress(&mut job, attempt, progress)?;
+                save(conn, &job)
+            })
+            .await
+    }
+
+    async fn append_logs(&self, id: JobId, entries: Vec<LogEntry>) -> Result<()> {
+        self.conn
+            .call(move |conn| {
+                require(conn, id)?;
+                let mut stmt = conn
+                    .prepare_cached("INSERT INTO job_logs (job, data) VALUES (?1, ?2)")
+                    .map_err(store_error)?;
+                for entry in entries {
+                    let data = serde_json::to_string(&entry).map_err(json_error)?;
+                    stmt.execute(params![id.0.as_bytes(), data])
+                        .map_err(store_error)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn logs(&self, id: JobId) -> Result<Vec<LogEntry>> {
+        self.conn
+            .call(move |conn| {
+                require(conn, id)?;
+                let mut stmt = conn
+                    .prepare_cached("SELECT data FROM job_logs WHERE job = ?1 ORDER BY seq")
+                    .map_err(store_error)?;
+                let rows = stmt
+                    .query_map([id.0.as_bytes()], |row| row.get::<_, String>(0))
+                    .map_err(store_error)?;
+                rows.map(|row| serde_json::from_str(&row.map_err(store_error)?).map_err(json_error))
+                    .collect()
+            })
+            .await
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<Job>> {
+        self.conn.call(move |conn| load(conn, id)).await
+    }
+
+    async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>> {
+        let filter = filter.clone();
+        self.conn
+            .call(move |conn| {
+                use rusqlite::types::Value as V;
+                let mut sql = String::from("SELECT data FROM jobs WHERE 1 = 1");
+                let mut args: Vec<V> = Vec::new();
+                if !filter.states.is_empty() {
+                    sql.push_str(" AND state IN ");
+                    sql.push_str(&placeholders(filter.states.len()));
+                    args.extend(filter.states.iter().map(|s| V::Text(s.as_str().into())));
+                }
+                if let Some(task) = &filter.task {
+                    sql.push_str(" AND task = ?");
+                    args.push(V::Text(task.clone()));
+                }
+                if let Some(queue) = &filter.queue {
+                    sql.push_str(" AND queue = ?");
+                    args.push(V::Text(queue.clone()));
+                }
+                if let Some(parent) = filter.parent {
+                    sql.push_str(" AND parent = ?");
+                    args.push(V::Blob(parent.0.as_bytes().to_vec()));
+                }
+                if let Some(root) = filter.root {
+                    sql.push_str(" AND root = ?");
+                    args.push(V::Blob(root.0.as_bytes().to_vec()));
+                }
+                sql.push_str(" ORDER BY depth, ord, id");
+                if let (Some(limit), true) = (filter.limit, filter.metadata.is_empty()) {
+                    sql.push_str(&format!(" LIMIT {limit}"));
+                }
+                let mut jobs = load_many(conn, &sql, args)?;
+                jobs.retain(|job| job.metadata_matches(&filter.metadata));
+                if let Some(limit) = filter.limit {
+                    jobs.truncate(limit);
+                }
+                Ok(jobs)
+            })
+            .await
+    }
+
+    async fn count_due(&self, queues: &[String], before: DateTime<Utc>) -> Result<usize> {
+        let queues = queues.to_vec();
+        self.conn
+            .call(move |conn| {
+                let sql = format!(
+                    "SELECT COUNT(*) FROM jobs WHERE state = 'scheduled' AND eta <= ? AND queue IN {}",
+                    placeholders(queues.len().max(1))
+                );
+                let mut args = vec![rusqlite::types::Value::Integer(micros(before))];
+                args.extend(text_values(&queues));
+                if queues.is_empty() {
+                    return Ok(0);
+                }
+                let count: i64 = conn
+                    .query_row(&sql, params_from_iter(args), |r| r.get(0))
+                    .map_err(store_error)?;
+                Ok(count as usize)
+            })
+            .await
+    }
+
+    async fn next_eta(&self, queues: &[String]) -> Result<Option<DateTime<Utc>>> {
+        let queues = queues.to_vec();
+        self.conn
+            .call(move |conn| {
+                if queues.is_empty() {
+                    return Ok(None);
+                }
+                let sql = format!(
+                    "SELECT MIN(eta) FROM jobs WHERE state = 'scheduled' AND queue IN {}",
+                    placeholders(queues.len())
+                );
+                let eta: Option<i64> = conn
+                    .query_row(&sql, params_from_iter(text_values(&queues)), |r| r.get(0))
+                    .map_err(store_error)?;
+                Ok(eta.and_then(DateTime::from_timestamp_micros))
+            })
+            .await
+    }
+
+    async fn cancel_scheduled(&self, queues: &[String]) -> Result<usize> {
+        let queues = queues.to_vec();
+        self.conn
+            .call(move |conn| {
+                if queues.is_empty() {
+                    return Ok(0);
+                }
+                let sql = format!(
+                    "SELECT data FROM jobs WHERE state = 'scheduled' AND queue IN {}",
+                    placeholders(queues.len())
+                );
+                let jobs = load_many(conn, &sql, text_values(&queues))?;
+                let now = Utc::now();
+                for mut job in jobs.iter().cloned() {
+                    apply_cancel_request(&mut job, now)?;
+                    save(conn, &job)?;
+                }
+                Ok(jobs.len())
+            })
+            .await
+    }
+
+    async fn claim_schedule_slot(&self, schedule: &str, slot: DateTime<Utc>) -> Result<bool> {
+        let schedule = schedule.to_owned();
+        self.conn
+            .call(move |conn| {
+                let changed = conn
+                    .prepare_cached(
+                        "INSERT INTO schedule_slots (name, slot) VALUES (?1, ?2)
+                         ON CONFLICT (name) DO UPDATE SET slot = excluded.slot
+                         WHERE excluded.slot > schedule_slots.slot",
+                    )
+                    .and_then(|mut s| s.execute(params![schedule, micros(slot)]))
+                    .map_err(store_error)?;
+                Ok(changed > 0)
+            })
+            .await
+    }
+
+    async fn last_schedule_slot(&self, schedule: &str) -> Result<Option<DateTime<Utc>>> {
+        let schedule = schedule.to_owned();
+        self.conn
+            .call(move |conn| {
+                let slot: Option<i64> = conn
+                    .prepare_cached("SELECT slot FROM schedule_slots WHERE name = ?1")
+                    .and_then(|mut s| s.query_row([schedule], |r| r.get(0)).optional())
+                    .map_err(store_error)?;
+                Ok(slot.and_then(DateTime::from_timestamp_micros))
+            })
+            .await
+    }
+}
