@@ -144,8 +144,9 @@ async fn retries_with_backoff_keep_every_attempts_error() {
         .unwrap();
     let retried = Arc::new(AtomicUsize::new(0));
     tlo.start().unwrap();
+    // Subscribe first: the job may start (and fail) before `submit` returns.
+    let mut events = tlo.events();
     let handle = tlo.submit(&t, ()).await.unwrap();
-    let mut events = handle.events();
     assert_eq!(handle.result().await.unwrap(), 3);
     let job = handle.job().await.unwrap();
     assert_eq!(job.attempt, 3);
@@ -163,7 +164,7 @@ async fn retries_with_backoff_keep_every_attempts_error() {
         gap >= chrono::Duration::milliseconds(50),
         "backoff respected: {gap}"
     );
-    while let Some(event) = events.next().await {
+    while let Ok(Some(event)) = tokio::time::timeout(ms(100), events.next()).await {
         if matches!(event.kind, tlo::JobEventKind::Retried { .. }) {
             retried.fetch_add(1, Ordering::SeqCst);
         }
