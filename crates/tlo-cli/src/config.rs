@@ -242,6 +242,15 @@ impl Config {
             })
     }
 
+    /// Whether `[settings]` sets `variable` (given as `TLO_NAME`), by short key or full name.
+    pub(crate) fn sets(&self, variable: &str) -> bool {
+        let short = variable.trim_start_matches("TLO_");
+        self.settings.iter().any(|(key, _, _)| {
+            let key = key.to_ascii_uppercase();
+            key == variable || key == short
+        })
+    }
+
     /// Registers every task on `tlo` as a shell task.
     pub(crate) fn register(&self, tlo: &Tlo) -> tlo::Result<()> {
         for task in &self.tasks {

@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or usage.
 
 mod bench;
+mod commands;
 mod config;
 
 use std::path::PathBuf;
@@ -36,6 +37,55 @@ struct Cli {
 enum Command {
     /// Run workers and the scheduler until SIGINT or SIGTERM.
     Run,
+    /// Run workers only (schedules are fired by `tlo run` elsewhere) until SIGINT or SIGTERM.
+    Worker,
+    /// Create or upgrade the store's schema, then exit.
+    Migrate,
+    /// Submit a job of a task of the config file.
+    Submit {
+        /// The task name.
+        task: String,
+        /// JSON arguments (default: the task's `args`, else `{}`).
+        #[arg(long)]
+        args: Option<String>,
+        /// Queue to use instead of the task's.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Run no earlier than this from now: `30s`, `5m`, `1h`.
+        #[arg(long)]
+        delay: Option<String>,
+        /// Follow the job to its end; the exit code says how it ended (0 done, 3 failed,
+        /// 4 cancelled, 5 skipped).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List jobs, newest first.
+    Jobs {
+        /// Only jobs in this state (scheduled, running, done, failed, ...).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only jobs of this task.
+        #[arg(long)]
+        task: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one job: state, attempts, result or error, log.
+    Show {
+        /// The job id.
+        id: String,
+    },
+    /// Cancel a job (a running one stops within a second, wherever it runs).
+    Cancel {
+        /// The job id.
+        id: String,
+    },
+    /// Run an ended job again, with one more attempt.
+    Retry {
+        /// The job id.
+        id: String,
+    },
     /// List the tasks the config file defines.
     ListTasks,
     /// Validate the config file; print every problem with its line.
@@ -61,6 +111,8 @@ enum Command {
 enum Failure {
     Config(config::ConfigErrors),
     Runtime(anyhow::Error),
+    /// The command ran; this is how the job it followed ended.
+    Exit(u8),
 }
 
 impl From<anyhow::Error> for Failure {
@@ -88,6 +140,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -109,7 +162,29 @@ fn main() -> ExitCode {
             eprintln!("tlo: {err:#}");
             ExitCode::from(1)
         }
+        Err(Failure::Exit(code)) => ExitCode::from(code),
     }
+}
+
+/// The binary's orchestrator: the file's settings, and unless the file or the environment name
+/// another store, SQLite in `tlo.db` beside the config file.
+fn orchestrator(cli: &Cli, config: &Config) -> Result<Tlo, Failure> {
+    let mut settings = config.settings_builder()?;
+    let env_sets = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    if !config.sets("TLO_TASK_STATE_STORE") && !env_sets("TLO_TASK_STATE_STORE") {
+        settings = settings.store(tlo::StoreKind::Sqlite);
+    }
+    if !config.sets("TLO_DATABASE_URL") && !env_sets("TLO_DATABASE_URL") {
+        let dir = cli
+            .config
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        settings = settings.database_url(dir.join("tlo.db").to_string_lossy());
+    }
+    let tlo = Tlo::builder().settings(settings).build()?;
+    config.register(&tlo)?;
+    Ok(tlo)
 }
 
 fn load(cli: &Cli) -> Result<Config, Failure> {
@@ -140,20 +215,79 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Run => {
+        Command::Run | Command::Worker => {
             let config = load(&cli)?;
-            let tlo = Tlo::builder()
-                .settings(config.settings_builder()?)
-                .build()?;
-            config.register(&tlo)?;
+            let tlo = orchestrator(&cli, &config)?;
+            let workers_only = matches!(cli.command, Command::Worker);
             tracing::info!(
                 worker = tlo.worker_id(),
                 store = tlo.store().name(),
                 tasks = config.tasks.len(),
+                scheduler = !workers_only,
                 "tlo running; stop with Ctrl-C"
             );
-            tlo.run_until_signal().await?;
+            if workers_only {
+                tlo.run_workers_until_signal().await?;
+            } else {
+                tlo.run_until_signal().await?;
+            }
             Ok(())
+        }
+        Command::Migrate => {
+            let config = load(&cli)?;
+            let tlo = orchestrator(&cli, &config)?;
+            println!("{} store is up to date", tlo.store().name());
+            Ok(())
+        }
+        Command::Submit {
+            ref task,
+            ref args,
+            ref queue,
+            ref delay,
+            wait,
+        } => {
+            let config = load(&cli)?;
+            let tlo = orchestrator(&cli, &config)?;
+            let default_args = config
+                .tasks
+                .iter()
+                .find(|t| &t.name == task)
+                .and_then(|t| t.options.schedule_args.clone());
+            let code = commands::submit(
+                &tlo,
+                task,
+                args.as_deref(),
+                default_args,
+                queue.clone(),
+                delay.as_deref(),
+                wait,
+            )
+            .await?;
+            if code == 0 {
+                Ok(())
+            } else {
+                Err(Failure::Exit(code))
+            }
+        }
+        Command::Jobs {
+            ref state,
+            ref task,
+            limit,
+        } => {
+            let tlo = orchestrator(&cli, &load(&cli)?)?;
+            Ok(commands::jobs(&tlo, state.as_deref(), task.clone(), limit).await?)
+        }
+        Command::Show { ref id } => {
+            let tlo = orchestrator(&cli, &load(&cli)?)?;
+            Ok(commands::show(&tlo, id).await?)
+        }
+        Command::Cancel { ref id } => {
+            let tlo = orchestrator(&cli, &load(&cli)?)?;
+            Ok(commands::cancel(&tlo, id).await?)
+        }
+        Command::Retry { ref id } => {
+            let tlo = orchestrator(&cli, &load(&cli)?)?;
+            Ok(commands::retry(&tlo, id).await?)
         }
         Command::Bench {
             store,

@@ -188,3 +188,105 @@ fn bench_refuses_zero_jobs() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("--jobs"));
 }
+
+/// Starts `tlo run` on `config`; kills it on drop.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_run(config: &Path) -> Running {
+    Running(
+        tlo()
+            .arg("-c")
+            .arg(config)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn a_second_terminal_submits_watches_cancels_and_retries_against_a_running_tlo() {
+    let dir = scratch("second-terminal");
+    let config = dir.join("tlo.toml");
+    std::fs::write(
+        &config,
+        "[settings]\npoll_interval_ms = 100\n\n\
+         [tasks.hello]\ncommand = \"echo hello {name}\"\nargs = { name = \"world\" }\n\n\
+         [tasks.fail]\ncommand = \"echo about to fail >&2; exit 7\"\n\n\
+         [tasks.slow]\ncommand = \"sleep 30\"\n",
+    )
+    .unwrap();
+    let _run = start_run(&config);
+    let cli = |args: &[&str]| run(tlo().arg("-c").arg(&config).args(args));
+
+    let out = cli(&["submit", "hello", "--args", r#"{"name": "Ada"}"#, "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let hello = text(&out.stdout).lines().next().unwrap().to_string();
+    let shown = text(&cli(&["show", &hello]).stdout);
+    assert!(shown.contains("state:     done"), "{shown}");
+    assert!(shown.contains("hello Ada"), "the log holds stdout: {shown}");
+
+    let out = cli(&["submit", "fail", "--wait"]);
+    assert_eq!(out.status.code(), Some(3), "failed jobs exit 3");
+    assert!(text(&out.stderr).contains("code 7"));
+    let failed = text(&out.stdout).lines().next().unwrap().to_string();
+
+    let out = cli(&["submit", "slow"]);
+    let slow = text(&out.stdout).trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !text(&cli(&["show", &slow]).stdout).contains("state:     running") {
+        assert!(Instant::now() < deadline, "slow job never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let asked = Instant::now();
+    assert!(cli(&["cancel", &slow]).status.success());
+    while !text(&cli(&["show", &slow]).stdout).contains("state:     cancelled") {
+        assert!(Instant::now() < deadline, "cancel never reached the worker");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "cancel took {:?}",
+        asked.elapsed()
+    );
+
+    let listed = text(&cli(&["jobs", "--state", "failed"]).stdout);
+    assert!(
+        listed.contains(&failed) && !listed.contains(&hello),
+        "{listed}"
+    );
+    assert!(cli(&["retry", &failed]).status.success());
+    while !text(&cli(&["show", &failed]).stdout).contains("attempt 2: failed") {
+        assert!(Instant::now() < deadline, "retried job never ran again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = cli(&["show", "not-an-id"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("not-an-id"));
+}
+
+#[test]
+fn unreachable_store_is_named() {
+    let dir = scratch("unreachable");
+    let config = dir.join("tlo.toml");
+    std::fs::write(&config, "[tasks.a]\ncommand = \"true\"\n").unwrap();
+    let out = run(tlo()
+        .arg("-c")
+        .arg(&config)
+        .env("TLO_DATABASE_URL", "sqlite:///proc/forbidden/tlo.db")
+        .arg("jobs"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("/proc/forbidden"),
+        "{}",
+        text(&out.stderr)
+    );
+}

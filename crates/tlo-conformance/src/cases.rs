@@ -640,3 +640,30 @@ pub async fn unknown_job_is_none<S: Store>(store: Arc<S>) {
         Err(Error::JobNotFound(_))
     ));
 }
+
+/// An ended job runs again with one more attempt; an active one cannot be relaunched.
+pub async fn relaunch_runs_an_ended_job_again<S: Store>(store: Arc<S>) {
+    let id = put(&*store, vec![job("t")]).await[0];
+    assert!(matches!(
+        store.relaunch(id, Utc::now()).await,
+        Err(Error::IllegalTransition { .. })
+    ));
+    claim(&*store, 1).await;
+    let failed = Outcome::Failed {
+        error: "boom".into(),
+        retry_at: None,
+    };
+    complete(&*store, id, 1, failed).await.unwrap();
+    let again = store.relaunch(id, Utc::now()).await.unwrap();
+    assert_eq!(
+        (again.state, again.error.clone()),
+        (JobState::Scheduled, None)
+    );
+    let claimed = claim(&*store, 1).await;
+    assert_eq!((claimed[0].id, claimed[0].attempt), (id, 2));
+    assert_eq!(
+        claimed[0].attempts[0].error.as_deref(),
+        Some("boom"),
+        "history kept"
+    );
+}

@@ -56,6 +56,7 @@ macro_rules! store_conformance {
             count_due_and_next_eta,
             cancel_scheduled_by_queue,
             schedule_slots_fire_once,
+            relaunch_runs_an_ended_job_again,
             unknown_job_is_none
         );
     };

@@ -122,6 +122,9 @@ pub trait Store: Send + Sync + 'static {
     /// one becomes `cancel_requested`. Of several concurrent requests exactly one succeeds.
     async fn request_cancel(&self, id: JobId) -> Result<CancelOutcome>;
 
+    /// Runs an ended job again at `eta` (see [`crate::transition::apply_relaunch`]).
+    async fn relaunch(&self, id: JobId, eta: DateTime<Utc>) -> Result<Job>;
+
     /// The worker saw the cancel request: `cancel_requested -> cancelling`.
     async fn acknowledge_cancel(&self, id: JobId, attempt: u32) -> Result<()>;
 

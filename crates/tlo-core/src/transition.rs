@@ -171,6 +171,30 @@ pub fn apply_rescue(job: &mut Job, now: DateTime<Utc>) {
     }
 }
 
+/// Runs an ended job again (`tlo retry`, a process relaunch): back to `scheduled` at `eta`
+/// with one more attempt allowed; the previous run's result, error, progress and end time are
+/// cleared, its attempt history kept.
+pub fn apply_relaunch(job: &mut Job, eta: DateTime<Utc>) -> Result<()> {
+    if !job.state.is_end() {
+        return Err(Error::IllegalTransition {
+            job: job.id,
+            from: job.state,
+            to: JobState::Scheduled,
+        });
+    }
+    job.state = JobState::Scheduled;
+    job.eta = eta;
+    job.max_attempts = job.max_attempts.max(job.attempt + 1);
+    job.result = None;
+    job.error = None;
+    job.progress = Progress::default();
+    job.started_at = None;
+    job.finished_at = None;
+    job.worker = None;
+    job.lease_until = None;
+    Ok(())
+}
+
 /// Sets progress on an executing job.
 pub fn apply_progress(job: &mut Job, attempt: u32, progress: Progress) -> Result<()> {
     check_attempt(job, attempt)?;

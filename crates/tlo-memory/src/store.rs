@@ -6,7 +6,7 @@ use std::collections::{BinaryHeap, HashMap};
 use parking_lot::Mutex;
 use tlo_core::transition::{
     apply_acknowledge_cancel, apply_cancel_request, apply_claim, apply_completion, apply_progress,
-    apply_rescue,
+    apply_relaunch, apply_rescue,
 };
 use tlo_core::{
     CancelOutcome, ClaimRequest, Completion, DateTime, Enqueued, Error, Job, JobFilter, JobId,
@@ -305,6 +305,15 @@ impl Store for MemoryStore {
         let mut inner = self.inner.lock();
         let job = inner.job_mut(id)?;
         apply_cancel_request(job, Utc::now())
+    }
+
+    async fn relaunch(&self, id: JobId, eta: DateTime<Utc>) -> Result<Job> {
+        let mut inner = self.inner.lock();
+        let job = inner.job_mut(id)?;
+        apply_relaunch(job, eta)?;
+        let job = job.clone();
+        inner.index(id, micros(Utc::now()));
+        Ok(job)
     }
 
     async fn acknowledge_cancel(&self, id: JobId, attempt: u32) -> Result<()> {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use tlo_core::transition::{
     apply_acknowledge_cancel, apply_cancel_request, apply_claim, apply_completion, apply_progress,
-    apply_rescue,
+    apply_relaunch, apply_rescue,
 };
 use tlo_core::{
     CancelOutcome, ClaimRequest, Completion, DateTime, Enqueued, Error, Job, JobFilter, JobId,
@@ -288,6 +288,17 @@ impl Store for SqliteStore {
                 let outcome = apply_cancel_request(&mut job, Utc::now())?;
                 save(conn, &job)?;
                 Ok(outcome)
+            })
+            .await
+    }
+
+    async fn relaunch(&self, id: JobId, eta: DateTime<Utc>) -> Result<Job> {
+        self.conn
+            .call(move |conn| {
+                let mut job = require(conn, id)?;
+                apply_relaunch(&mut job, eta)?;
+                save(conn, &job)?;
+                Ok(job)
             })
             .await
     }

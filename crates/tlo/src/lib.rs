@@ -59,8 +59,8 @@ pub use template::Template;
 pub use tlo::{Tlo, TloBuilder};
 
 pub use tlo_core::{
-    CancelOutcome, Error, Job, JobFilter, JobId, JobState, Locker, LogEntry, LogLevel, Progress,
-    Result, Store,
+    CancelOutcome, DateTime, Error, Job, JobFilter, JobId, JobState, Locker, LogEntry, LogLevel,
+    Progress, Result, Store, Utc,
 };
 pub use tlo_memory::{MemoryLocker, MemoryStore};
 #[cfg(feature = "sqlite")]

@@ -172,7 +172,8 @@ fn open_store(settings: &Settings) -> Result<Opened> {
 
 struct Running {
     dispatcher: JoinHandle<()>,
-    scheduler: JoinHandle<Result<()>>,
+    /// `None` for workers-only orchestrators.
+    scheduler: Option<JoinHandle<Result<()>>>,
     background: Vec<JoinHandle<()>>,
 }
 
@@ -402,6 +403,15 @@ impl Tlo {
         self.engine.cancel(id).await
     }
 
+    /// Runs an ended job again, with one more attempt (`tlo retry`).
+    pub async fn retry(&self, id: JobId) -> Result<Job> {
+        let job = self.engine.store.relaunch(id, chrono::Utc::now()).await?;
+        self.engine.learn_queue(&job.queue);
+        self.engine.publish(&job, || crate::JobEventKind::Enqueued);
+        self.engine.wake.notify_one();
+        Ok(job)
+    }
+
     /// Every job event from now on (feeds live updates).
     pub fn events(&self) -> JobEvents {
         JobEvents::all(self.engine.events.subscribe())
@@ -420,6 +430,15 @@ impl Tlo {
     /// Starts workers, scheduler, heartbeats and flushing on the current tokio runtime.
     /// Starting twice is a no-op.
     pub fn start(&self) -> Result<()> {
+        self.start_parts(true)
+    }
+
+    /// Starts workers but no scheduler (`tlo worker`): schedules are fired by other processes.
+    pub fn start_workers(&self) -> Result<()> {
+        self.start_parts(false)
+    }
+
+    fn start_parts(&self, with_scheduler: bool) -> Result<()> {
         let mut running = self.running.lock();
         if running.is_some() {
             return Ok(());
@@ -430,7 +449,7 @@ impl Tlo {
         engine.started.store(true, Ordering::Release);
         *running = Some(Running {
             dispatcher: runtime.spawn(worker::dispatch(engine.clone())),
-            scheduler: runtime.spawn(scheduler::run(engine.clone())),
+            scheduler: with_scheduler.then(|| runtime.spawn(scheduler::run(engine.clone()))),
             background: vec![
                 runtime.spawn(maintenance::heartbeat(engine.clone())),
                 runtime.spawn(maintenance::rescuer(engine.clone())),
@@ -482,9 +501,9 @@ impl Tlo {
         for task in running.background {
             task.abort();
         }
-        match running.scheduler.await {
-            Ok(result) => result,
-            Err(_) => Ok(()),
+        match running.scheduler {
+            Some(scheduler) => scheduler.await.unwrap_or(Ok(())),
+            None => Ok(()),
         }
     }
 
@@ -492,6 +511,16 @@ impl Tlo {
     /// stops with the configured behaviour.
     pub async fn run_until_signal(&self) -> Result<()> {
         self.start()?;
+        self.wait_for_signal_then_stop().await
+    }
+
+    /// Like [`run_until_signal`](Self::run_until_signal) with workers only (`tlo worker`).
+    pub async fn run_workers_until_signal(&self) -> Result<()> {
+        self.start_workers()?;
+        self.wait_for_signal_then_stop().await
+    }
+
+    async fn wait_for_signal_then_stop(&self) -> Result<()> {
         let mut stop = self.engine.stop.subscribe();
         #[cfg(unix)]
         let mut terminate =
@@ -502,11 +531,10 @@ impl Tlo {
         let terminated = std::future::pending::<Option<()>>();
         let scheduler_failed = async {
             loop {
-                let done = self
-                    .running
-                    .lock()
-                    .as_ref()
-                    .is_none_or(|r| r.scheduler.is_finished());
+                let done = match self.running.lock().as_ref() {
+                    None => true,
+                    Some(running) => running.scheduler.as_ref().is_some_and(|s| s.is_finished()),
+                };
                 if done {
                     return;
                 }

@@ -1,0 +1,224 @@
+//! Job inspection and control from the command line, against the store a running `tlo run`
+//! uses (a second terminal works: the store is the meeting point).
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use tlo::{Job, JobFilter, JobId, JobState, Schedule, SubmitOptions, Tlo};
+
+/// How `tlo submit --wait` reports the job's end in its exit code.
+pub(crate) fn exit_code(state: JobState) -> u8 {
+    match state {
+        JobState::Done => 0,
+        JobState::Failed => 3,
+        JobState::Cancelled => 4,
+        JobState::Skipped => 5,
+        _ => 1,
+    }
+}
+
+fn parse_id(text: &str) -> anyhow::Result<JobId> {
+    text.parse::<JobId>()
+        .map_err(|_| anyhow!("`{text}` is not a job id (a UUID)"))
+}
+
+fn short_time(at: Option<tlo::DateTime<tlo::Utc>>) -> String {
+    at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `tlo submit`: enqueues a job; with `wait`, follows it to its end and returns the exit code.
+pub(crate) async fn submit(
+    tlo: &Tlo,
+    task: &str,
+    args: Option<&str>,
+    default_args: Option<serde_json::Value>,
+    queue: Option<String>,
+    delay: Option<&str>,
+    wait: bool,
+) -> anyhow::Result<u8> {
+    let args = match args {
+        Some(text) => {
+            serde_json::from_str(text).with_context(|| format!("--args is not JSON: {text}"))?
+        }
+        None => default_args.unwrap_or_else(|| serde_json::json!({})),
+    };
+    let mut options = SubmitOptions::new();
+    if let Some(queue) = queue {
+        options = options.queue(queue);
+    }
+    if let Some(delay) = delay {
+        options = options.delay(Schedule::parse_interval(delay).context("--delay")?);
+    }
+    let handle = tlo.submit_json(task, args, options).await?;
+    println!("{}", handle.id());
+    if !wait {
+        return Ok(0);
+    }
+    let job = follow(tlo, handle.id()).await?;
+    match job.state {
+        JobState::Done => println!("{}", job.result.map(|r| r.to_string()).unwrap_or_default()),
+        state => eprintln!(
+            "job {} {state}: {}",
+            job.id,
+            job.error.as_deref().unwrap_or("-")
+        ),
+    }
+    Ok(exit_code(job.state))
+}
+
+/// Polls the job until it ends, drawing a progress bar on a terminal (state lines otherwise).
+async fn follow(tlo: &Tlo, id: JobId) -> anyhow::Result<Job> {
+    let tty = std::io::stderr().is_terminal();
+    let mut last_state = None;
+    loop {
+        let job = tlo.job(id).await?;
+        if tty {
+            let percent = job.progress.percent.unwrap_or(0.0);
+            let filled = (percent / 5.0).round() as usize;
+            eprint!(
+                "\r\x1b[2K[{}{}] {:>5.1}% {} {}",
+                "#".repeat(filled.min(20)),
+                ".".repeat(20 - filled.min(20)),
+                percent,
+                job.state,
+                job.progress.message.as_deref().unwrap_or("")
+            );
+            let _ = std::io::stderr().flush();
+        } else if last_state != Some(job.state) {
+            eprintln!("{}", job.state);
+        }
+        last_state = Some(job.state);
+        if job.state.is_end() {
+            if tty {
+                eprintln!();
+            }
+            return Ok(job);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `tlo jobs`: one line per job.
+pub(crate) async fn jobs(
+    tlo: &Tlo,
+    state: Option<&str>,
+    task: Option<String>,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let mut filter = JobFilter::default().limit(limit);
+    if let Some(state) = state {
+        filter = filter.state(state.parse()?);
+    }
+    if let Some(task) = task {
+        filter = filter.task(task);
+    }
+    let mut jobs = tlo
+        .jobs(&JobFilter {
+            limit: None,
+            ..filter.clone()
+        })
+        .await?;
+    // Newest first, for a human.
+    jobs.sort_by(|a, b| b.id.cmp(&a.id));
+    jobs.truncate(limit);
+    println!(
+        "{:<36}  {:<16}  {:<16}  {:>7}  {:<10}  CREATED",
+        "ID", "TASK", "STATE", "ATTEMPT", "QUEUE"
+    );
+    for job in jobs {
+        println!(
+            "{:<36}  {:<16}  {:<16}  {:>3}/{:<3}  {:<10}  {}",
+            job.id,
+            job.task,
+            job.state.as_str(),
+            job.attempt,
+            job.max_attempts,
+            job.queue,
+            short_time(Some(job.created_at))
+        );
+    }
+    Ok(())
+}
+
+/// `tlo show`: a job's state, attempts, result or error, and log.
+pub(crate) async fn show(tlo: &Tlo, id: &str) -> anyhow::Result<()> {
+    let id = parse_id(id)?;
+    let job = tlo.job(id).await?;
+    println!("id:        {}", job.id);
+    println!("task:      {}", job.task);
+    println!("state:     {}", job.state);
+    println!("queue:     {} (priority {})", job.queue, job.priority);
+    println!("args:      {}", job.args);
+    println!("attempt:   {} of {}", job.attempt, job.max_attempts);
+    println!("created:   {}", short_time(Some(job.created_at)));
+    println!("eta:       {}", short_time(Some(job.eta)));
+    println!("finished:  {}", short_time(job.finished_at));
+    if let Some(duration) = job.duration() {
+        println!("duration:  {:.3}s", duration.as_secs_f64());
+    }
+    if let Some(percent) = job.progress.percent {
+        println!(
+            "progress:  {percent:.1}% {}",
+            job.progress.message.as_deref().unwrap_or("")
+        );
+    }
+    if let Some(result) = &job.result {
+        println!("result:    {result}");
+    }
+    if let Some(error) = &job.error {
+        println!("error:     {error}");
+    }
+    for attempt in &job.attempts {
+        println!(
+            "attempt {}: {} on {} from {} to {}{}",
+            attempt.attempt,
+            attempt.outcome.map_or("running", |s| s.as_str()),
+            attempt.worker,
+            short_time(Some(attempt.started_at)),
+            short_time(attempt.finished_at),
+            attempt
+                .error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+    }
+    let logs = tlo.logs(id).await?;
+    if !logs.is_empty() {
+        println!("log:");
+        for line in logs {
+            println!(
+                "  {} {:<7} {}",
+                line.at.format("%H:%M:%S%.3f"),
+                line.level.as_str(),
+                line.message
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `tlo cancel`.
+pub(crate) async fn cancel(tlo: &Tlo, id: &str) -> anyhow::Result<()> {
+    let id = parse_id(id)?;
+    match tlo.cancel(id).await? {
+        tlo::CancelOutcome::Cancelled => println!("{id} cancelled"),
+        tlo::CancelOutcome::Requested => println!("{id} cancel requested; its worker stops it"),
+    }
+    Ok(())
+}
+
+/// `tlo retry`.
+pub(crate) async fn retry(tlo: &Tlo, id: &str) -> anyhow::Result<()> {
+    let id = parse_id(id)?;
+    let job = tlo.retry(id).await?;
+    println!(
+        "{} scheduled again (attempt {} of {})",
+        job.id,
+        job.attempt + 1,
+        job.max_attempts
+    );
+    Ok(())
+}
