@@ -121,7 +121,7 @@ pub(crate) async fn jobs(
         })
         .await?;
     // Newest first, for a human.
-    jobs.sort_by(|a, b| b.id.cmp(&a.id));
+    jobs.sort_by_key(|job| std::cmp::Reverse(job.id));
     jobs.truncate(limit);
     println!(
         "{:<36}  {:<16}  {:<16}  {:>7}  {:<10}  CREATED",
