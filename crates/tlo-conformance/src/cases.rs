@@ -667,3 +667,45 @@ pub async fn relaunch_runs_an_ended_job_again<S: Store>(store: Arc<S>) {
         "history kept"
     );
 }
+
+/// Pruning removes old ended jobs of one state with their logs, and never anything active.
+pub async fn prune_removes_only_old_ended_jobs<S: Store>(store: Arc<S>) {
+    let ids = put(&*store, vec![job("t"), job("t"), job("t")]).await;
+    claim(&*store, 1).await;
+    complete(&*store, ids[0], 1, Outcome::Done(json!(1)))
+        .await
+        .unwrap();
+    let line = LogEntry {
+        at: Utc::now(),
+        level: LogLevel::Info,
+        message: "x".into(),
+        attempt: 1,
+    };
+    store.append_logs(ids[0], vec![line]).await.unwrap();
+    store.request_cancel(ids[1]).await.unwrap();
+    let future = Utc::now() + TimeDelta::seconds(1);
+    assert!(
+        store.prune(JobState::Scheduled, future, 10).await.is_err(),
+        "active refused"
+    );
+    assert_eq!(
+        store
+            .prune(JobState::Done, Utc::now() - TimeDelta::hours(1), 10)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.prune(JobState::Done, future, 10).await.unwrap(), 1);
+    assert!(store.get(ids[0]).await.unwrap().is_none());
+    assert!(store.logs(ids[0]).await.is_err(), "logs went with the job");
+    assert_eq!(
+        state(&*store, ids[1]).await,
+        JobState::Cancelled,
+        "other states kept"
+    );
+    assert_eq!(state(&*store, ids[2]).await, JobState::Scheduled);
+    assert_eq!(
+        store.prune(JobState::Cancelled, future, 10).await.unwrap(),
+        1
+    );
+}

@@ -57,6 +57,7 @@ macro_rules! store_conformance {
             cancel_scheduled_by_queue,
             schedule_slots_fire_once,
             relaunch_runs_an_ended_job_again,
+            prune_removes_only_old_ended_jobs,
             unknown_job_is_none
         );
     };

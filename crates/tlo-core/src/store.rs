@@ -165,6 +165,11 @@ pub trait Store: Send + Sync + 'static {
     /// Cancels every `scheduled` job of `queues`; returns how many.
     async fn cancel_scheduled(&self, queues: &[String]) -> Result<usize>;
 
+    /// Deletes up to `limit` jobs in end state `state` that finished before `before`, with their
+    /// logs; returns how many. A state that is not an end state is refused: nothing active is
+    /// ever pruned.
+    async fn prune(&self, state: JobState, before: DateTime<Utc>, limit: usize) -> Result<usize>;
+
     /// Records that `schedule` fired for `slot`; `false` when that slot (or a later one) was
     /// already taken, by this or any other scheduler.
     async fn claim_schedule_slot(&self, schedule: &str, slot: DateTime<Utc>) -> Result<bool>;

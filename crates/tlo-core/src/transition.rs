@@ -195,6 +195,19 @@ pub fn apply_relaunch(job: &mut Job, eta: DateTime<Utc>) -> Result<()> {
     Ok(())
 }
 
+/// Refuses pruning of anything but an end state.
+pub fn check_prunable(state: JobState) -> Result<()> {
+    if state.is_end() {
+        Ok(())
+    } else {
+        Err(Error::InvalidSetting {
+            name: "prune state".into(),
+            value: state.to_string(),
+            expected: "an end state: done, failed, cancelled or skipped".into(),
+        })
+    }
+}
+
 /// Sets progress on an executing job.
 pub fn apply_progress(job: &mut Job, attempt: u32, progress: Progress) -> Result<()> {
     check_attempt(job, attempt)?;

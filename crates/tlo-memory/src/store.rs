@@ -6,7 +6,7 @@ use std::collections::{BinaryHeap, HashMap};
 use parking_lot::Mutex;
 use tlo_core::transition::{
     apply_acknowledge_cancel, apply_cancel_request, apply_claim, apply_completion, apply_progress,
-    apply_relaunch, apply_rescue,
+    apply_relaunch, apply_rescue, check_prunable,
 };
 use tlo_core::{
     CancelOutcome, ClaimRequest, Completion, DateTime, Enqueued, Error, Job, JobFilter, JobId,
@@ -465,6 +465,29 @@ impl Store for MemoryStore {
             }
         }
         Ok(cancelled)
+    }
+
+    async fn prune(&self, state: JobState, before: DateTime<Utc>, limit: usize) -> Result<usize> {
+        check_prunable(state)?;
+        let mut inner = self.inner.lock();
+        let doomed: Vec<JobId> = inner
+            .jobs
+            .values()
+            .filter(|e| e.job.state == state && e.job.finished_at.is_some_and(|at| at < before))
+            .map(|e| e.job.id)
+            .take(limit)
+            .collect();
+        for id in &doomed {
+            if let Some(entry) = inner.jobs.remove(id) {
+                if let Some(key) = entry.job.unique_key {
+                    if inner.unique.get(&key) == Some(id) {
+                        inner.unique.remove(&key);
+                    }
+                }
+            }
+            inner.logs.remove(id);
+        }
+        Ok(doomed.len())
     }
 
     async fn claim_schedule_slot(&self, schedule: &str, slot: DateTime<Utc>) -> Result<bool> {

@@ -24,12 +24,14 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         ord INTEGER NOT NULL,
         worker TEXT,
         lease_until INTEGER,
+        finished_at INTEGER,
         data TEXT NOT NULL
     );
     CREATE INDEX jobs_due ON jobs (queue, priority DESC, eta, seq) WHERE state = 'scheduled';
     CREATE INDEX jobs_executing ON jobs (lease_until)
         WHERE state IN ('running', 'cancel_requested', 'cancelling');
     CREATE INDEX jobs_task_state ON jobs (task, state);
+    CREATE INDEX jobs_finished ON jobs (state, finished_at) WHERE finished_at IS NOT NULL;
     CREATE INDEX jobs_root ON jobs (root);
     CREATE INDEX jobs_parent ON jobs (parent);
     CREATE TABLE job_logs (

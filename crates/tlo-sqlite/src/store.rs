@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use tlo_core::transition::{
     apply_acknowledge_cancel, apply_cancel_request, apply_claim, apply_completion, apply_progress,
-    apply_relaunch, apply_rescue,
+    apply_relaunch, apply_rescue, check_prunable,
 };
 use tlo_core::{
     CancelOutcome, ClaimRequest, Completion, DateTime, Enqueued, Error, Job, JobFilter, JobId,
@@ -75,7 +75,7 @@ fn save(conn: &Connection, job: &Job) -> Result<()> {
     let data = serde_json::to_string(job).map_err(json_error)?;
     conn.prepare_cached(
         "UPDATE jobs SET state = ?2, queue = ?3, priority = ?4, eta = ?5, worker = ?6,
-             lease_until = ?7, data = ?8 WHERE id = ?1",
+             lease_until = ?7, data = ?8, finished_at = ?9 WHERE id = ?1",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -87,6 +87,7 @@ fn save(conn: &Connection, job: &Job) -> Result<()> {
             job.worker,
             job.lease_until.map(micros),
             data,
+            job.finished_at.map(micros),
         ])
     })
     .map_err(store_error)?;
@@ -509,6 +510,36 @@ impl Store for SqliteStore {
                     save(conn, &job)?;
                 }
                 Ok(jobs.len())
+            })
+            .await
+    }
+
+    async fn prune(&self, state: JobState, before: DateTime<Utc>, limit: usize) -> Result<usize> {
+        check_prunable(state)?;
+        self.conn
+            .call(move |conn| {
+                let ids: Vec<Vec<u8>> = {
+                    let mut stmt = conn
+                        .prepare_cached(
+                            "SELECT id FROM jobs WHERE state = ?1 AND finished_at < ?2 LIMIT ?3",
+                        )
+                        .map_err(store_error)?;
+                    let rows = stmt
+                        .query_map(params![state.as_str(), micros(before), limit as i64], |r| {
+                            r.get(0)
+                        })
+                        .map_err(store_error)?;
+                    rows.collect::<rusqlite::Result<_>>().map_err(store_error)?
+                };
+                for id in &ids {
+                    conn.prepare_cached("DELETE FROM job_logs WHERE job = ?1")
+                        .and_then(|mut s| s.execute([id]))
+                        .map_err(store_error)?;
+                    conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")
+                        .and_then(|mut s| s.execute([id]))
+                        .map_err(store_error)?;
+                }
+                Ok(ids.len())
             })
             .await
     }

@@ -78,3 +78,44 @@ pub(crate) async fn flusher(engine: Arc<Engine>) {
         }
     }
 }
+
+/// Most jobs deleted per store call, so pruning never holds the store for long.
+const PRUNE_BATCH: usize = 1000;
+
+/// Deletes ended jobs older than their state's retention, every minute (first at start).
+pub(crate) async fn pruner(engine: Arc<Engine>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        ticker.tick().await;
+        for state in [
+            JobState::Done,
+            JobState::Failed,
+            JobState::Cancelled,
+            JobState::Skipped,
+        ] {
+            let Some(keep) = engine.settings.retention(state) else {
+                continue;
+            };
+            let Ok(keep) = chrono::Duration::from_std(keep) else {
+                continue;
+            };
+            let before = Utc::now() - keep;
+            loop {
+                match engine.store.prune(state, before, PRUNE_BATCH).await {
+                    Ok(pruned) if pruned > 0 => {
+                        tracing::debug!(%state, pruned, "pruned ended jobs");
+                        if pruned < PRUNE_BATCH {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    Ok(_) => break,
+                    Err(err) => {
+                        tracing::warn!(%state, error = %err, "pruning failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

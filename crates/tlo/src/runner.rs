@@ -11,7 +11,7 @@ use serde_json::Value;
 use tlo_core::{Completion, Job, JobState, Outcome};
 
 use crate::context::TaskContext;
-use crate::engine::Engine;
+use crate::engine::{Engine, StopMode};
 use crate::events::{Hooks, JobEventKind};
 use crate::metrics::Count;
 use crate::shell::{ShellFailure, ShellRun, run_shell};
@@ -76,6 +76,10 @@ async fn run_job(engine: &Arc<Engine>, mut job: Job) {
     let ctx = TaskContext::new(job, engine.services.clone());
     let job = &ctx.inner.job;
     engine.running.lock().insert(job.id, ctx.inner.clone());
+    if engine.stop_mode() == StopMode::Cancel {
+        // Claimed just as a Cancel stop collected the running jobs: stop it too.
+        ctx.inner.cancel.cancel();
+    }
     engine.metrics.count(&job.task, Count::Started, None);
     Hooks::run(&engine.hooks.started, job);
     engine.publish(job, || JobEventKind::Started);

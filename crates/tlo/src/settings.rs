@@ -142,6 +142,14 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// `TLO_WORKER_ID`.
     pub worker_id: Option<String>,
+    /// `TLO_RETAIN_DONE_SECS`: how long `done` jobs are kept (`None`: forever).
+    pub retain_done: Option<Duration>,
+    /// `TLO_RETAIN_FAILED_SECS`: how long `failed` jobs are kept.
+    pub retain_failed: Option<Duration>,
+    /// `TLO_RETAIN_CANCELLED_SECS`: how long `cancelled` jobs are kept.
+    pub retain_cancelled: Option<Duration>,
+    /// `TLO_RETAIN_SKIPPED_SECS`: how long `skipped` jobs are kept.
+    pub retain_skipped: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -165,11 +173,29 @@ impl Default for Settings {
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
             worker_id: None,
+            retain_done: Some(Duration::from_secs(DAY)),
+            retain_failed: Some(Duration::from_secs(7 * DAY)),
+            retain_cancelled: Some(Duration::from_secs(DAY)),
+            retain_skipped: Some(Duration::from_secs(DAY)),
         }
     }
 }
 
+const DAY: u64 = 86_400;
+
 impl Settings {
+    /// How long jobs that ended in `state` are kept; `None` for active states and "forever".
+    pub fn retention(&self, state: tlo_core::JobState) -> Option<Duration> {
+        use tlo_core::JobState::*;
+        match state {
+            Done => self.retain_done,
+            Failed => self.retain_failed,
+            Cancelled => self.retain_cancelled,
+            Skipped => self.retain_skipped,
+            _ => None,
+        }
+    }
+
     /// A builder.
     pub fn builder() -> SettingsBuilder {
         SettingsBuilder::default()
@@ -228,6 +254,26 @@ impl Settings {
         ("TLO_LEASE_SECS", "30", "job lease"),
         ("TLO_POLL_INTERVAL_MS", "1000", "fallback poll interval"),
         ("TLO_WORKER_ID", "host:pid", "this worker's id"),
+        (
+            "TLO_RETAIN_DONE_SECS",
+            "86400",
+            "keep done jobs this long (forever: never pruned)",
+        ),
+        (
+            "TLO_RETAIN_FAILED_SECS",
+            "604800",
+            "keep failed jobs this long",
+        ),
+        (
+            "TLO_RETAIN_CANCELLED_SECS",
+            "86400",
+            "keep cancelled jobs this long",
+        ),
+        (
+            "TLO_RETAIN_SKIPPED_SECS",
+            "86400",
+            "keep skipped jobs this long",
+        ),
     ];
 }
 
@@ -286,6 +332,17 @@ fn boolean(name: &str, value: &str) -> Result<bool> {
     }
 }
 
+fn retention(name: &str, value: &str) -> Result<Option<Duration>> {
+    if value.trim().eq_ignore_ascii_case("forever") {
+        return Ok(None);
+    }
+    value
+        .trim()
+        .parse::<u64>()
+        .map(|secs| Some(Duration::from_secs(secs)))
+        .map_err(|_| invalid(name, value, "a whole number of seconds, or forever"))
+}
+
 fn list(value: &str) -> Vec<String> {
     value
         .split(',')
@@ -338,6 +395,10 @@ fn apply(settings: &mut Settings, var: &str, value: &str) -> Result<()> {
             settings.poll_interval = millis(var, value)?.max(Duration::from_millis(1))
         }
         "TLO_WORKER_ID" => settings.worker_id = Some(value.trim().to_owned()),
+        "TLO_RETAIN_DONE_SECS" => settings.retain_done = retention(var, value)?,
+        "TLO_RETAIN_FAILED_SECS" => settings.retain_failed = retention(var, value)?,
+        "TLO_RETAIN_CANCELLED_SECS" => settings.retain_cancelled = retention(var, value)?,
+        "TLO_RETAIN_SKIPPED_SECS" => settings.retain_skipped = retention(var, value)?,
         _ => return Err(unknown(var, value)),
     }
     Ok(())
@@ -410,6 +471,24 @@ impl SettingsBuilder {
         lease: Duration, "TLO_LEASE_SECS", |s, v| s.lease = v);
     setter!(/// Fallback poll interval.
         poll_interval: Duration, "TLO_POLL_INTERVAL_MS", |s, v| s.poll_interval = v);
+    /// How long jobs that ended in `state` are kept (`None`: forever). Only end states apply.
+    pub fn retain(mut self, state: tlo_core::JobState, keep: Option<Duration>) -> Self {
+        use tlo_core::JobState::*;
+        let (field, var) = match state {
+            Done => (&mut self.typed.retain_done, "TLO_RETAIN_DONE_SECS"),
+            Failed => (&mut self.typed.retain_failed, "TLO_RETAIN_FAILED_SECS"),
+            Cancelled => (
+                &mut self.typed.retain_cancelled,
+                "TLO_RETAIN_CANCELLED_SECS",
+            ),
+            Skipped => (&mut self.typed.retain_skipped, "TLO_RETAIN_SKIPPED_SECS"),
+            _ => return self,
+        };
+        *field = keep;
+        self.set_typed.push(var);
+        self
+    }
+
     setter!(/// This worker's id.
         worker_id: impl Into<String>, "TLO_WORKER_ID", |s, v| s.worker_id = Some(v.into()));
 
@@ -479,6 +558,10 @@ fn copy_field(to: &mut Settings, from: &Settings, var: &str) {
         "TLO_LEASE_SECS" => to.lease = from.lease,
         "TLO_POLL_INTERVAL_MS" => to.poll_interval = from.poll_interval,
         "TLO_WORKER_ID" => to.worker_id = from.worker_id.clone(),
+        "TLO_RETAIN_DONE_SECS" => to.retain_done = from.retain_done,
+        "TLO_RETAIN_FAILED_SECS" => to.retain_failed = from.retain_failed,
+        "TLO_RETAIN_CANCELLED_SECS" => to.retain_cancelled = from.retain_cancelled,
+        "TLO_RETAIN_SKIPPED_SECS" => to.retain_skipped = from.retain_skipped,
         _ => {}
     }
 }
@@ -610,6 +693,7 @@ mod tests {
             ("TLO_QUEUE_CONCURRENCY", "emails", "queue=limit"),
             ("TLO_CANCEL_GRACE_MS", "soon", "milliseconds"),
             ("TLO_LEASE_SECS", "0", "seconds > 0"),
+            ("TLO_RETAIN_DONE_SECS", "a week", "forever"),
         ];
         for (var, value, hint) in cases {
             let err = SettingsBuilder::default()

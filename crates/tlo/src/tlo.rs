@@ -454,6 +454,7 @@ impl Tlo {
                 runtime.spawn(maintenance::heartbeat(engine.clone())),
                 runtime.spawn(maintenance::rescuer(engine.clone())),
                 runtime.spawn(maintenance::flusher(engine.clone())),
+                runtime.spawn(maintenance::pruner(engine.clone())),
             ],
         });
         Ok(())

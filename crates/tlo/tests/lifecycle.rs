@@ -297,3 +297,58 @@ async fn panic_mode_stops_the_orchestrator_on_a_scheduler_error() {
         "{result:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_jobs_are_pruned_after_their_retention_and_active_ones_never() {
+    let tlo = tlo_with(
+        fast()
+            .retain(JobState::Done, Some(Duration::ZERO))
+            .retain(JobState::Cancelled, None),
+    );
+    let t = tlo
+        .register("t", TaskOptions::new(), |_ctx, _: ()| async {
+            Ok::<_, String>(())
+        })
+        .unwrap();
+    tlo.start().unwrap();
+    let done = tlo.submit(&t, ()).await.unwrap();
+    // Done, or already pruned by the pruner's first round.
+    eventually("done", || async {
+        !matches!(
+            done.state().await,
+            Ok(JobState::Scheduled | JobState::Running)
+        )
+    })
+    .await;
+    let later = tlo
+        .submit_with(
+            &t,
+            (),
+            SubmitOptions::new().delay(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    let cancelled = tlo
+        .submit_with(
+            &t,
+            (),
+            SubmitOptions::new().delay(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    cancelled.cancel().await.unwrap();
+    tlo.stop().await.unwrap();
+    // The pruner runs at start, then every minute.
+    tlo.start().unwrap();
+    eventually("done job pruned", || async {
+        matches!(done.job().await, Err(Error::JobNotFound(_)))
+    })
+    .await;
+    assert_eq!(later.state().await.unwrap(), JobState::Scheduled);
+    assert_eq!(
+        cancelled.state().await.unwrap(),
+        JobState::Cancelled,
+        "kept forever"
+    );
+    tlo.stop().await.unwrap();
+}
