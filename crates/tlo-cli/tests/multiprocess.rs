@@ -1,0 +1,161 @@
+//! Several `tlo worker` processes on one SQLite file: every job runs, none is lost, and a
+//! worker killed with SIGKILL has its jobs rescued by the others.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tlo_core::{JobFilter, JobState, NewJob, Store};
+
+const JOBS: usize = 300;
+
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tlo-mp-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn worker(config: &Path, id: &str) -> Worker {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tlo"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TLO_") {
+            command.env_remove(key);
+        }
+    }
+    Worker(
+        command
+            .arg("-c")
+            .arg(config)
+            .arg("worker")
+            .env("TLO_WORKER_ID", id)
+            .env("TLO_LEASE_SECS", "2")
+            .env("TLO_POLL_INTERVAL_MS", "50")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Writes the config and enqueues `JOBS` jobs that each append their number to `out`.
+async fn prepare(dir: &Path, sleep: &str) -> (PathBuf, PathBuf, tlo::SqliteStore) {
+    let out = dir.join("executions.txt");
+    let config = dir.join("tlo.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[settings]\nconcurrency = 8\n\n[tasks.work]\ncommand = \"echo {{n}} >> {}; sleep {sleep}\"\nmax_attempts = 3\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let store = tlo::SqliteStore::open(dir.join("tlo.db")).unwrap();
+    let jobs = (0..JOBS)
+        .map(|n| {
+            let mut job = NewJob::new("work", serde_json::json!({ "n": n }));
+            job.max_attempts = 3;
+            job
+        })
+        .collect();
+    store.enqueue(jobs).await.unwrap();
+    (config, out, store)
+}
+
+async fn wait_all_ended(store: &tlo::SqliteStore, limit: Duration) -> Vec<tlo::Job> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let jobs = store.list(&JobFilter::default()).await.unwrap();
+        if jobs.iter().all(|j| j.state.is_end()) {
+            return jobs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jobs still active after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn executions(out: &Path) -> HashMap<usize, usize> {
+    let mut counts = HashMap::new();
+    for line in std::fs::read_to_string(out).unwrap_or_default().lines() {
+        *counts
+            .entry(line.trim().parse::<usize>().unwrap())
+            .or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_one_sqlite_file_run_every_job_exactly_once() {
+    let dir = scratch("two");
+    let (config, out, store) = prepare(&dir, "0").await;
+    let _a = worker(&config, "a");
+    let _b = worker(&config, "b");
+    let jobs = wait_all_ended(&store, Duration::from_secs(60)).await;
+    assert!(jobs.iter().all(|j| j.state == JobState::Done), "all done");
+    let counts = executions(&out);
+    assert_eq!(counts.len(), JOBS, "every job ran");
+    assert!(counts.values().all(|c| *c == 1), "each exactly once");
+    let by_worker = |w: &str| jobs.iter().filter(|j| j.attempts[0].worker == w).count();
+    assert_eq!(by_worker("a") + by_worker("b"), JOBS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_drain_loses_no_job() {
+    let dir = scratch("kill");
+    let (config, out, store) = prepare(&dir, "0.05").await;
+    let mut victim = worker(&config, "victim");
+    let _survivor = worker(&config, "survivor");
+    // Let the victim take some jobs, then kill it without a chance to clean up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while executions(&out).len() < JOBS / 4 {
+        assert!(Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    victim.0.kill().unwrap();
+    victim.0.wait().unwrap();
+    let jobs = wait_all_ended(&store, Duration::from_secs(60)).await;
+    assert!(
+        jobs.iter().all(|j| j.state == JobState::Done),
+        "{:?}",
+        jobs.iter()
+            .filter(|j| j.state != JobState::Done)
+            .map(|j| (j.id, j.state, j.error.clone()))
+            .collect::<Vec<_>>()
+    );
+    let counts = executions(&out);
+    assert_eq!(counts.len(), JOBS, "every job ran");
+    let repeats: usize = counts.values().map(|c| c - 1).sum();
+    assert!(
+        repeats <= 8,
+        "re-executions ({repeats}) exceed what the victim held (8)"
+    );
+    let rescued = jobs
+        .iter()
+        .filter(|j| {
+            j.attempts
+                .iter()
+                .any(|a| a.worker == "victim" && a.error.is_some())
+        })
+        .count();
+    assert!(
+        rescued <= 8,
+        "the victim held at most 8 jobs, {rescued} rescued"
+    );
+    assert!(
+        repeats <= rescued,
+        "only rescued jobs ran twice ({repeats} > {rescued})"
+    );
+}
