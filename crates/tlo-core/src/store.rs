@@ -98,6 +98,12 @@ pub trait Store: Send + Sync + 'static {
     /// Whether other processes may work on the same jobs (a shared database).
     fn is_shared(&self) -> bool;
 
+    /// Registers `wake`, to be called when another process may have made work due (a new job, a
+    /// retry). Stores without cross-process notifications ignore it; workers then poll.
+    fn subscribe_wakeups(&self, wake: std::sync::Arc<dyn Fn() + Send + Sync>) {
+        let _ = wake;
+    }
+
     /// Stores new jobs, in order. A job whose unique key is taken is not inserted; the
     /// existing job's id is returned with `inserted: false`.
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>>;

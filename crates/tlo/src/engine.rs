@@ -117,8 +117,8 @@ pub(crate) struct Engine {
     pub(crate) in_flight: AtomicUsize,
     /// Per-queue count of `in_flight`, kept only when per-queue limits are set.
     pub(crate) queue_in_flight: Mutex<HashMap<String, usize>>,
-    /// Wakes the dispatcher: new work, or a free slot.
-    pub(crate) wake: Notify,
+    /// Wakes the dispatcher: new work (here or, through the store, elsewhere), or a free slot.
+    pub(crate) wake: Arc<Notify>,
     /// Signalled each time a job finishes here (stop waits on it).
     pub(crate) finished: Notify,
     /// Bounds the blocking-handler thread pool.
@@ -153,6 +153,9 @@ impl Engine {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
             format!("{host}:{}", std::process::id())
         });
+        let wake = Arc::new(Notify::new());
+        let waker = wake.clone();
+        store.subscribe_wakeups(Arc::new(move || waker.notify_one()));
         let mut queues: BTreeSet<String> = settings.queues.iter().cloned().collect();
         queues.insert(settings.default_queue.clone());
         Engine {
@@ -169,7 +172,7 @@ impl Engine {
             running: Mutex::new(JobIdMap::default()),
             in_flight: AtomicUsize::new(0),
             queue_in_flight: Mutex::new(HashMap::new()),
-            wake: Notify::new(),
+            wake,
             finished: Notify::new(),
             queue_list: RwLock::new(queues.iter().cloned().collect()),
             queues: RwLock::new(queues),

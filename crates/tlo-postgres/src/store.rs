@@ -1,0 +1,713 @@
+//! `PostgresStore`: jobs in PostgreSQL, shared by any number of workers on any number of hosts.
+//!
+//! Indexed columns sit beside the whole job as `jsonb`. Claims take due rows with
+//! `FOR UPDATE SKIP LOCKED`; every other state write locks its row (`FOR UPDATE`), applies the
+//! reference semantics of `tlo_core::transition`, and writes it back in the same transaction,
+//! so PostgreSQL behaves exactly as the other stores and writes are fenced by attempt.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Object, Pool};
+use tlo_core::transition::{
+    apply_acknowledge_cancel, apply_cancel_request, apply_claim, apply_completion, apply_progress,
+    apply_relaunch, apply_rescue, check_prunable,
+};
+use tlo_core::{
+    CancelOutcome, ClaimRequest, Completion, DateTime, Enqueued, Error, Job, JobFilter, JobId,
+    JobState, LogEntry, NewJob, Progress, Result, Store, Utc, async_trait,
+};
+use tokio_postgres::types::{Json, ToSql};
+use tokio_postgres::{GenericClient, Transaction};
+use uuid::Uuid;
+
+use crate::pool::{check_schema, config, pg_error, pool, redact};
+use crate::{listen, schema};
+
+/// How to connect: schema, migrations, pool size.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// The schema holding tlo's tables (default `tlo`): one per application or per test.
+    pub schema: String,
+    /// Apply pending migrations on connect (default true; `tlo migrate` does it explicitly).
+    pub migrate: bool,
+    /// Connections in the pool (default 16).
+    pub pool_size: usize,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            schema: "tlo".into(),
+            migrate: true,
+            pool_size: 16,
+        }
+    }
+}
+
+/// A store in a PostgreSQL database.
+///
+/// ```no_run
+/// # async fn demo() -> tlo_core::Result<()> {
+/// use tlo_core::{NewJob, Store};
+/// let store = tlo_postgres::PostgresStore::connect("postgres://postgres@127.0.0.1/app").await?;
+/// store.enqueue(vec![NewJob::new("greet", serde_json::json!({"name": "Ada"}))]).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    schema: Arc<str>,
+    url: Arc<str>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("url", &redact(&self.url))
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+fn job_of(row: &tokio_postgres::Row) -> Result<Job> {
+    row.try_get::<_, Json<Job>>("data")
+        .map(|Json(job)| job)
+        .map_err(pg_error)
+}
+
+impl PostgresStore {
+    /// Connects with default options (schema `tlo`, migrations applied).
+    pub async fn connect(url: &str) -> Result<PostgresStore> {
+        Self::connect_with(url, PostgresOptions::default()).await
+    }
+
+    /// Connects with `options`. An unreachable server is an error naming the URL (without its
+    /// password).
+    pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<PostgresStore> {
+        check_schema(&options.schema)?;
+        let pool = pool(config(url)?, options.pool_size.max(1))?;
+        let store = PostgresStore {
+            pool,
+            schema: options.schema.into(),
+            url: url.into(),
+        };
+        let mut client = store.client().await?;
+        if options.migrate {
+            schema::migrate(&mut client, &store.schema).await?;
+        }
+        Ok(store)
+    }
+
+    /// Applies pending migrations; returns the versions applied (empty when up to date).
+    pub async fn migrate(&self) -> Result<Vec<i64>> {
+        let mut client = self.client().await?;
+        schema::migrate(&mut client, &self.schema).await
+    }
+
+    /// The schema name.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// A [`PostgresLocker`](crate::PostgresLocker) on the same database and schema.
+    pub fn locker(&self) -> crate::PostgresLocker {
+        crate::PostgresLocker::new(self.pool.clone(), self.schema.clone(), self.url.clone())
+    }
+
+    /// Drops the schema with everything in it. For tests and tear-downs only.
+    pub async fn drop_schema(&self) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .await
+            .map_err(pg_error)
+    }
+
+    pub(crate) async fn client(&self) -> Result<Object> {
+        client(&self.pool, &self.url).await
+    }
+
+    fn channel(&self) -> String {
+        format!("{}_jobs", self.schema)
+    }
+
+    fn t(&self, table: &str) -> String {
+        format!("{}.{table}", self.schema)
+    }
+
+    /// Enqueues inside the caller's transaction: the jobs exist (and workers are woken) only if
+    /// it commits.
+    pub async fn enqueue_in(
+        &self,
+        tx: &Transaction<'_>,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<Enqueued>> {
+        self.insert(tx, jobs).await
+    }
+
+    async fn insert<C: GenericClient>(&self, db: &C, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = Utc::now();
+        let jobs: Vec<Job> = jobs.into_iter().map(|new| new.into_job(now)).collect();
+        let ids: Vec<Uuid> = jobs.iter().map(|j| j.id.0).collect();
+        let tasks: Vec<&str> = jobs.iter().map(|j| j.task.as_str()).collect();
+        let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+        let states: Vec<&str> = jobs.iter().map(|j| j.state.as_str()).collect();
+        let priorities: Vec<i32> = jobs.iter().map(|j| j.priority).collect();
+        let etas: Vec<i64> = jobs.iter().map(|j| micros(j.eta)).collect();
+        let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.unique_key.as_deref()).collect();
+        let parents: Vec<Option<Uuid>> = jobs.iter().map(|j| j.parent.map(|p| p.0)).collect();
+        let roots: Vec<Uuid> = jobs.iter().map(|j| j.root.0).collect();
+        let depths: Vec<i32> = jobs.iter().map(|j| j.depth as i32).collect();
+        let orders: Vec<i32> = jobs.iter().map(|j| j.order as i32).collect();
+        let data: Vec<Json<&Job>> = jobs.iter().map(Json).collect();
+        let sql = format!(
+            "INSERT INTO {} (id, task, queue, state, priority, eta, unique_key, parent, root,
+                 depth, ord, data)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[],
+                 $6::int8[], $7::text[], $8::uuid[], $9::uuid[], $10::int4[], $11::int4[],
+                 $12::jsonb[])
+             ON CONFLICT (unique_key) DO NOTHING
+             RETURNING id",
+            self.t("jobs")
+        );
+        let params: [&(dyn ToSql + Sync); 12] = [
+            &ids,
+            &tasks,
+            &queues,
+            &states,
+            &priorities,
+            &etas,
+            &keys,
+            &parents,
+            &roots,
+            &depths,
+            &orders,
+            &data,
+        ];
+        let inserted: std::collections::HashSet<Uuid> = db
+            .query(&sql, &params)
+            .await
+            .map_err(pg_error)?
+            .iter()
+            .map(|row| row.get::<_, Uuid>(0))
+            .collect();
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            if inserted.contains(&job.id.0) {
+                out.push(Enqueued {
+                    id: job.id,
+                    inserted: true,
+                });
+                continue;
+            }
+            let key = job.unique_key.as_deref().unwrap_or_default();
+            let row = db
+                .query_one(
+                    &format!("SELECT id FROM {} WHERE unique_key = $1", self.t("jobs")),
+                    &[&key],
+                )
+                .await
+                .map_err(pg_error)?;
+            out.push(Enqueued {
+                id: JobId(row.get(0)),
+                inserted: false,
+            });
+        }
+        if !inserted.is_empty() {
+            self.notify(db).await?;
+        }
+        Ok(out)
+    }
+
+    async fn notify<C: GenericClient>(&self, db: &C) -> Result<()> {
+        db.execute("SELECT pg_notify($1, '')", &[&self.channel()])
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+
+    /// Writes back changed jobs in one statement.
+    async fn save<C: GenericClient>(&self, db: &C, jobs: &[Job]) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = jobs.iter().map(|j| j.id.0).collect();
+        let states: Vec<&str> = jobs.iter().map(|j| j.state.as_str()).collect();
+        let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+        let priorities: Vec<i32> = jobs.iter().map(|j| j.priority).collect();
+        let etas: Vec<i64> = jobs.iter().map(|j| micros(j.eta)).collect();
+        let workers: Vec<Option<&str>> = jobs.iter().map(|j| j.worker.as_deref()).collect();
+        let leases: Vec<Option<i64>> = jobs.iter().map(|j| j.lease_until.map(micros)).collect();
+        let finished: Vec<Option<i64>> = jobs.iter().map(|j| j.finished_at.map(micros)).collect();
+        let data: Vec<Json<&Job>> = jobs.iter().map(Json).collect();
+        let sql = format!(
+            "UPDATE {} AS j SET state = u.state, queue = u.queue, priority = u.priority,
+                 eta = u.eta, worker = u.worker, lease_until = u.lease_until,
+                 finished_at = u.finished_at, data = u.data
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int8[],
+                 $6::text[], $7::int8[], $8::int8[], $9::jsonb[])
+                 AS u(id, state, queue, priority, eta, worker, lease_until, finished_at, data)
+             WHERE j.id = u.id",
+            self.t("jobs")
+        );
+        db.execute(
+            &sql,
+            &[
+                &ids,
+                &states,
+                &queues,
+                &priorities,
+                &etas,
+                &workers,
+                &leases,
+                &finished,
+                &data,
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+        if jobs.iter().any(|j| j.state == JobState::Scheduled) {
+            self.notify(db).await?;
+        }
+        Ok(())
+    }
+
+    /// Locks one job's row, applies `change`, writes it back; all or nothing.
+    async fn modify<T>(
+        &self,
+        id: JobId,
+        change: impl FnOnce(&mut Job) -> Result<T>,
+    ) -> Result<(T, Job)> {
+        let mut client = self.client().await?;
+        let tx = pg(&mut client).transaction().await.map_err(pg_error)?;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "SELECT data FROM {} WHERE id = $1 FOR UPDATE",
+                    self.t("jobs")
+                ),
+                &[&id.0],
+            )
+            .await
+            .map_err(pg_error)?
+            .ok_or(Error::JobNotFound(id))?;
+        let mut job = job_of(&row)?;
+        let out = change(&mut job)?;
+        self.save(&tx, std::slice::from_ref(&job)).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok((out, job))
+    }
+
+    async fn exists<C: GenericClient>(&self, db: &C, id: JobId) -> Result<()> {
+        db.query_opt(
+            &format!("SELECT 1 FROM {} WHERE id = $1", self.t("jobs")),
+            &[&id.0],
+        )
+        .await
+        .map_err(pg_error)?
+        .map(drop)
+        .ok_or(Error::JobNotFound(id))
+    }
+}
+
+/// The plain `tokio_postgres` client behind a pooled connection.
+fn pg(client: &mut Object) -> &mut tokio_postgres::Client {
+    client
+}
+
+pub(crate) async fn client(pool: &Pool, url: &str) -> Result<Object> {
+    pool.get()
+        .await
+        .map_err(|err| pg_error(format!("cannot connect to {}: {err}", redact(url))))
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn subscribe_wakeups(&self, wake: Arc<dyn Fn() + Send + Sync>) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(listen::listen(self.url.to_string(), self.channel(), wake));
+            }
+            Err(_) => tracing::warn!(
+                "postgres: no tokio runtime at build time; workers poll instead of listening"
+            ),
+        }
+    }
+
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        let mut client = self.client().await?;
+        let tx = pg(&mut client).transaction().await.map_err(pg_error)?;
+        let out = self.insert(&tx, jobs).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(out)
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Job>> {
+        let mut client = self.client().await?;
+        let tx = pg(&mut client).transaction().await.map_err(pg_error)?;
+        let sql = format!(
+            "SELECT seq, data FROM {} WHERE state = 'scheduled' AND queue = $1 AND eta <= $2
+             ORDER BY priority DESC, eta, seq LIMIT $3 FOR UPDATE SKIP LOCKED",
+            self.t("jobs")
+        );
+        let now = micros(request.now);
+        let mut candidates: Vec<(i64, Job)> = Vec::new();
+        for demand in request.queues.iter().filter(|d| d.limit > 0) {
+            let limit = demand.limit.min(request.limit) as i64;
+            for row in tx
+                .query(&sql, &[&demand.queue, &now, &limit])
+                .await
+                .map_err(pg_error)?
+            {
+                candidates.push((row.get(0), job_of(&row)?));
+            }
+        }
+        candidates.sort_by(|(sa, a), (sb, b)| {
+            b.priority
+                .cmp(&a.priority)
+                .then(a.eta.cmp(&b.eta))
+                .then(sa.cmp(sb))
+        });
+        candidates.truncate(request.limit);
+        let mut claimed = Vec::with_capacity(candidates.len());
+        for (_, mut job) in candidates {
+            apply_claim(&mut job, &request.worker, request.now, request.lease)?;
+            claimed.push(job);
+        }
+        self.save(&tx, &claimed).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(claimed)
+    }
+
+    async fn complete(&self, completion: Completion) -> Result<Job> {
+        let id = completion.id;
+        self.modify(id, |job| apply_completion(job, &completion))
+            .await
+            .map(|(_, job)| job)
+    }
+
+    async fn relaunch(&self, id: JobId, eta: DateTime<Utc>) -> Result<Job> {
+        self.modify(id, |job| apply_relaunch(job, eta))
+            .await
+            .map(|(_, job)| job)
+    }
+
+    async fn request_cancel(&self, id: JobId) -> Result<CancelOutcome> {
+        self.modify(id, |job| apply_cancel_request(job, Utc::now()))
+            .await
+            .map(|(outcome, _)| outcome)
+    }
+
+    async fn acknowledge_cancel(&self, id: JobId, attempt: u32) -> Result<()> {
+        self.modify(id, |job| apply_acknowledge_cancel(job, attempt))
+            .await
+            .map(drop)
+    }
+
+    async fn renew_leases(
+        &self,
+        worker: &str,
+        jobs: &[(JobId, u32)],
+        until: DateTime<Utc>,
+    ) -> Result<Vec<(JobId, JobState)>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let ids: Vec<Uuid> = jobs.iter().map(|(id, _)| id.0).collect();
+        let attempts: Vec<i64> = jobs.iter().map(|(_, a)| i64::from(*a)).collect();
+        let until_json = serde_json::to_value(until).map_err(Error::Serialization)?;
+        let rows = client
+            .query(
+                &format!(
+                    "UPDATE {} AS j SET lease_until = $3,
+                         data = jsonb_set(j.data, '{{lease_until}}', $4)
+                     FROM unnest($1::uuid[], $2::int8[]) AS u(id, attempt)
+                     WHERE j.id = u.id AND (j.data->>'attempt')::int8 = u.attempt
+                       AND j.worker = $5
+                       AND j.state IN ('running', 'cancel_requested', 'cancelling')
+                     RETURNING j.id, j.state",
+                    self.t("jobs")
+                ),
+                &[&ids, &attempts, &micros(until), &Json(until_json), &worker],
+            )
+            .await
+            .map_err(pg_error)?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.get(1);
+                Ok((JobId(row.get(0)), state.parse()?))
+            })
+            .collect()
+    }
+
+    async fn rescue_expired(&self, now: DateTime<Utc>) -> Result<Vec<Job>> {
+        let mut client = self.client().await?;
+        let tx = pg(&mut client).transaction().await.map_err(pg_error)?;
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT data FROM {} WHERE state IN ('running', 'cancel_requested', 'cancelling')
+                       AND lease_until < $1 FOR UPDATE SKIP LOCKED",
+                    self.t("jobs")
+                ),
+                &[&micros(now)],
+            )
+            .await
+            .map_err(pg_error)?;
+        let mut rescued = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut job = job_of(row)?;
+            apply_rescue(&mut job, now);
+            rescued.push(job);
+        }
+        self.save(&tx, &rescued).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(rescued)
+    }
+
+    async fn set_progress(&self, id: JobId, attempt: u32, progress: Progress) -> Result<()> {
+        self.modify(id, |job| apply_progress(job, attempt, progress))
+            .await
+            .map(drop)
+    }
+
+    async fn append_logs(&self, id: JobId, entries: Vec<LogEntry>) -> Result<()> {
+        let client = self.client().await?;
+        self.exists(&**client, id).await?;
+        let data: Vec<Json<&LogEntry>> = entries.iter().map(Json).collect();
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {} (job, data) SELECT $1, d FROM unnest($2::jsonb[])
+                     WITH ORDINALITY AS t(d, n) ORDER BY n",
+                    self.t("job_logs")
+                ),
+                &[&id.0, &data],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+
+    async fn logs(&self, id: JobId) -> Result<Vec<LogEntry>> {
+        let client = self.client().await?;
+        self.exists(&**client, id).await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT data FROM {} WHERE job = $1 ORDER BY seq",
+                    self.t("job_logs")
+                ),
+                &[&id.0],
+            )
+            .await
+            .map_err(pg_error)?;
+        rows.iter()
+            .map(|row| {
+                row.try_get::<_, Json<LogEntry>>(0)
+                    .map(|Json(entry)| entry)
+                    .map_err(pg_error)
+            })
+            .collect()
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<Job>> {
+        let client = self.client().await?;
+        client
+            .query_opt(
+                &format!("SELECT data FROM {} WHERE id = $1", self.t("jobs")),
+                &[&id.0],
+            )
+            .await
+            .map_err(pg_error)?
+            .map(|row| job_of(&row))
+            .transpose()
+    }
+
+    async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>> {
+        let client = self.client().await?;
+        let mut sql = format!("SELECT data FROM {} WHERE true", self.t("jobs"));
+        let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
+        let parent = filter.parent.map(|p| p.0);
+        let root = filter.root.map(|r| r.0);
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        if !states.is_empty() {
+            params.push(&states);
+            sql.push_str(&format!(" AND state = ANY(${})", params.len()));
+        }
+        if let Some(task) = &filter.task {
+            params.push(task);
+            sql.push_str(&format!(" AND task = ${}", params.len()));
+        }
+        if let Some(queue) = &filter.queue {
+            params.push(queue);
+            sql.push_str(&format!(" AND queue = ${}", params.len()));
+        }
+        if let Some(parent) = &parent {
+            params.push(parent);
+            sql.push_str(&format!(" AND parent = ${}", params.len()));
+        }
+        if let Some(root) = &root {
+            params.push(root);
+            sql.push_str(&format!(" AND root = ${}", params.len()));
+        }
+        let metadata = serde_json::Value::Object(filter.metadata.clone());
+        let metadata = Json(metadata);
+        if !filter.metadata.is_empty() {
+            params.push(&metadata);
+            sql.push_str(&format!(" AND data->'metadata' @> ${}", params.len()));
+        }
+        sql.push_str(" ORDER BY depth, ord, id");
+        if let Some(limit) = filter.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        let rows = client.query(&sql, &params).await.map_err(pg_error)?;
+        let mut jobs = rows.iter().map(job_of).collect::<Result<Vec<_>>>()?;
+        // Containment (@>) matches nested values loosely; keep the exact AND-match semantics.
+        jobs.retain(|job| job.metadata_matches(&filter.metadata));
+        Ok(jobs)
+    }
+
+    async fn count_due(&self, queues: &[String], before: DateTime<Utc>) -> Result<usize> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT COUNT(*) FROM {} WHERE state = 'scheduled' AND eta <= $1
+                     AND queue = ANY($2)",
+                    self.t("jobs")
+                ),
+                &[&micros(before), &queues],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(row.get::<_, i64>(0) as usize)
+    }
+
+    async fn next_eta(&self, queues: &[String]) -> Result<Option<DateTime<Utc>>> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT MIN(eta) FROM {} WHERE state = 'scheduled' AND queue = ANY($1)",
+                    self.t("jobs")
+                ),
+                &[&queues],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(row
+            .get::<_, Option<i64>>(0)
+            .and_then(DateTime::from_timestamp_micros))
+    }
+
+    async fn cancel_scheduled(&self, queues: &[String]) -> Result<usize> {
+        let mut client = self.client().await?;
+        let tx = pg(&mut client).transaction().await.map_err(pg_error)?;
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT data FROM {} WHERE state = 'scheduled' AND queue = ANY($1)
+                     FOR UPDATE SKIP LOCKED",
+                    self.t("jobs")
+                ),
+                &[&queues],
+            )
+            .await
+            .map_err(pg_error)?;
+        let now = Utc::now();
+        let mut cancelled = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut job = job_of(row)?;
+            apply_cancel_request(&mut job, now)?;
+            cancelled.push(job);
+        }
+        self.save(&tx, &cancelled).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(cancelled.len())
+    }
+
+    async fn prune(&self, state: JobState, before: DateTime<Utc>, limit: usize) -> Result<usize> {
+        check_prunable(state)?;
+        let mut client = self.client().await?;
+        let tx = pg(&mut client).transaction().await.map_err(pg_error)?;
+        let rows = tx
+            .query(
+                &format!(
+                    "DELETE FROM {jobs} WHERE id IN (
+                         SELECT id FROM {jobs} WHERE state = $1 AND finished_at < $2
+                         LIMIT $3 FOR UPDATE SKIP LOCKED)
+                     RETURNING id",
+                    jobs = self.t("jobs")
+                ),
+                &[&state.as_str(), &micros(before), &(limit as i64)],
+            )
+            .await
+            .map_err(pg_error)?;
+        let ids: Vec<Uuid> = rows.iter().map(|row| row.get(0)).collect();
+        tx.execute(
+            &format!("DELETE FROM {} WHERE job = ANY($1)", self.t("job_logs")),
+            &[&ids],
+        )
+        .await
+        .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(ids.len())
+    }
+
+    async fn claim_schedule_slot(&self, schedule: &str, slot: DateTime<Utc>) -> Result<bool> {
+        let client = self.client().await?;
+        let changed = client
+            .execute(
+                &format!(
+                    "INSERT INTO {t} (name, slot) VALUES ($1, $2)
+                     ON CONFLICT (name) DO UPDATE SET slot = excluded.slot
+                     WHERE {t}.slot < excluded.slot",
+                    t = self.t("schedule_slots")
+                ),
+                &[&schedule, &micros(slot)],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(changed > 0)
+    }
+
+    async fn last_schedule_slot(&self, schedule: &str) -> Result<Option<DateTime<Utc>>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT slot FROM {} WHERE name = $1",
+                    self.t("schedule_slots")
+                ),
+                &[&schedule],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(row
+            .map(|r| r.get::<_, i64>(0))
+            .and_then(DateTime::from_timestamp_micros))
+    }
+}
+
+/// Backoff between reconnection attempts, capped.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((100u64 << attempt.min(6)).min(5_000))
+}
