@@ -14,8 +14,10 @@ use tokio::sync::Notify;
 pub(crate) enum BenchStore {
     /// The in-memory store.
     Memory,
-    /// An SQLite file (a fresh temporary one unless `--database-url` names one).
+    /// An SQLite file (a fresh temporary one).
     Sqlite,
+    /// A PostgreSQL database (`--database-url`), in a fresh schema dropped afterwards.
+    Postgres,
 }
 
 /// What to measure.
@@ -56,6 +58,7 @@ fn base(store: BenchStore, workload: &'static str, n: usize, concurrency: usize)
         backend: match store {
             BenchStore::Memory => "memory",
             BenchStore::Sqlite => "sqlite",
+            BenchStore::Postgres => "postgres",
         },
         workload,
         n,
@@ -65,11 +68,21 @@ fn base(store: BenchStore, workload: &'static str, n: usize, concurrency: usize)
     }
 }
 
-fn orchestrator(
-    store: BenchStore,
+/// Where a benchmark runs.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// The store kind.
+    pub(crate) store: BenchStore,
+    /// The PostgreSQL server.
+    pub(crate) database_url: String,
+}
+
+async fn orchestrator(
+    target: &Target,
     concurrency: usize,
     on_done: impl Fn(&tlo::Job) + Send + Sync + 'static,
-) -> anyhow::Result<Tlo> {
+) -> anyhow::Result<(Tlo, Option<tlo::PostgresStore>)> {
+    let store = target.store;
     let settings = SettingsBuilder::default().concurrency(concurrency);
     let builder = Tlo::builder().settings(settings).on_task_succeeded(on_done);
     let tlo = match store {
@@ -81,27 +94,39 @@ fn orchestrator(
             let locker = sqlite.locker();
             builder.store(sqlite).locker(locker).build()?
         }
+        BenchStore::Postgres => {
+            let options = tlo::PostgresOptions {
+                schema: format!("tlo_bench_{}", std::process::id()),
+                ..tlo::PostgresOptions::default()
+            };
+            let pg = tlo::PostgresStore::connect_with(&target.database_url, options).await?;
+            let locker = pg.locker();
+            let tlo = builder.store(pg.clone()).locker(locker).build()?;
+            return Ok((tlo, Some(pg)));
+        }
     };
-    Ok(tlo)
+    Ok((tlo, None))
 }
 
 /// Inserts `n` no-op jobs, then times the workers until all are done.
 pub(crate) async fn drain(
-    store: BenchStore,
+    target: &Target,
     n: usize,
     concurrency: usize,
 ) -> anyhow::Result<Measurement> {
+    let store = target.store;
     if n == 0 {
         bail!("--jobs must be at least 1");
     }
     let done = Arc::new(AtomicUsize::new(0));
     let all_done = Arc::new(Notify::new());
     let (counter, notify) = (done.clone(), all_done.clone());
-    let tlo = orchestrator(store, concurrency, move |_| {
+    let (tlo, pg) = orchestrator(target, concurrency, move |_| {
         if counter.fetch_add(1, Ordering::AcqRel) + 1 == n {
             notify.notify_one();
         }
-    })?;
+    })
+    .await?;
     let noop = tlo.register("noop", TaskOptions::new(), |_ctx, _: ()| async {
         Ok::<_, String>(())
     })?;
@@ -120,22 +145,37 @@ pub(crate) async fn drain(
     all_done.notified().await;
     let drain_secs = started.elapsed().as_secs_f64();
     tlo.stop().await?;
+    if let Some(pg) = pg {
+        pg.drop_schema().await?;
+    }
     let mut m = base(store, "drain", n, concurrency);
     m.jobs_per_s = Some(round(n as f64 / drain_secs));
     m.insert_per_s = Some(round(n as f64 / insert_secs));
     Ok(m)
 }
 
-/// Submits `n` single jobs `gap` apart and measures submit-to-start latency.
+/// Submits `n` single jobs 20 ms apart and measures submit-to-start latency.
+///
+/// The submitter runs as a task on the runtime, as application code (an HTTP handler, say)
+/// does; submitting from outside the runtime would add a cross-thread wake-up to every job.
 pub(crate) async fn latency(
-    store: BenchStore,
+    target: &Target,
     n: usize,
     concurrency: usize,
 ) -> anyhow::Result<Measurement> {
+    tokio::spawn(measure_latency(target.clone(), n, concurrency)).await?
+}
+
+async fn measure_latency(
+    target: Target,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Measurement> {
+    let store = target.store;
     if n == 0 {
         bail!("--jobs must be at least 1");
     }
-    let tlo = orchestrator(store, concurrency, |_| {})?;
+    let (tlo, pg) = orchestrator(&target, concurrency, |_| {}).await?;
     let starts: Arc<Vec<std::sync::OnceLock<Instant>>> =
         Arc::new((0..n).map(|_| std::sync::OnceLock::new()).collect());
     let seen = starts.clone();
@@ -160,6 +200,9 @@ pub(crate) async fn latency(
         latencies.push(start.duration_since(submitted).as_secs_f64() * 1000.0);
     }
     tlo.stop().await?;
+    if let Some(pg) = pg {
+        pg.drop_schema().await?;
+    }
     latencies.sort_by(f64::total_cmp);
     let mut m = base(store, "latency", n, concurrency);
     m.p50_ms = Some(round3(percentile(&latencies, 0.50)));

@@ -242,13 +242,17 @@ impl Config {
             })
     }
 
-    /// Whether `[settings]` sets `variable` (given as `TLO_NAME`), by short key or full name.
-    pub(crate) fn sets(&self, variable: &str) -> bool {
+    /// The value `[settings]` gives `variable` (named `TLO_NAME`), by short key or full name.
+    pub(crate) fn value(&self, variable: &str) -> Option<&str> {
         let short = variable.trim_start_matches("TLO_");
-        self.settings.iter().any(|(key, _, _)| {
-            let key = key.to_ascii_uppercase();
-            key == variable || key == short
-        })
+        self.settings
+            .iter()
+            .rev()
+            .find(|(key, _, _)| {
+                let key = key.to_ascii_uppercase();
+                key == variable || key == short
+            })
+            .map(|(_, value, _)| value.as_str())
     }
 
     /// Registers every task on `tlo` as a shell task.

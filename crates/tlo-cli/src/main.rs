@@ -104,6 +104,13 @@ enum Command {
         /// Concurrent jobs per worker.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// The PostgreSQL server for `--store postgres` (a fresh schema is used and dropped).
+        #[arg(
+            long,
+            env = "TLO_TEST_DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/test"
+        )]
+        database_url: String,
     },
 }
 
@@ -168,13 +175,18 @@ fn main() -> ExitCode {
 
 /// The binary's orchestrator: the file's settings, and unless the file or the environment name
 /// another store, SQLite in `tlo.db` beside the config file.
-fn orchestrator(cli: &Cli, config: &Config) -> Result<Tlo, Failure> {
+async fn orchestrator(cli: &Cli, config: &Config) -> Result<Tlo, Failure> {
     let mut settings = config.settings_builder()?;
-    let env_sets = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
-    if !config.sets("TLO_TASK_STATE_STORE") && !env_sets("TLO_TASK_STATE_STORE") {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let chosen = |name: &str| config.value(name).map(str::to_owned).or_else(|| env(name));
+    let store = chosen("TLO_TASK_STATE_STORE");
+    if store.is_none() {
         settings = settings.store(tlo::StoreKind::Sqlite);
     }
-    if !config.sets("TLO_DATABASE_URL") && !env_sets("TLO_DATABASE_URL") {
+    let sqlite = store
+        .as_deref()
+        .is_none_or(|s| s.trim().eq_ignore_ascii_case("sqlite"));
+    if sqlite && chosen("TLO_DATABASE_URL").is_none() {
         let dir = cli
             .config
             .parent()
@@ -182,7 +194,7 @@ fn orchestrator(cli: &Cli, config: &Config) -> Result<Tlo, Failure> {
             .unwrap_or(std::path::Path::new("."));
         settings = settings.database_url(dir.join("tlo.db").to_string_lossy());
     }
-    let tlo = Tlo::builder().settings(settings).build()?;
+    let tlo = Tlo::builder().settings(settings).connect().await?;
     config.register(&tlo)?;
     Ok(tlo)
 }
@@ -217,7 +229,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
         }
         Command::Run | Command::Worker => {
             let config = load(&cli)?;
-            let tlo = orchestrator(&cli, &config)?;
+            let tlo = orchestrator(&cli, &config).await?;
             let workers_only = matches!(cli.command, Command::Worker);
             tracing::info!(
                 worker = tlo.worker_id(),
@@ -235,7 +247,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
         }
         Command::Migrate => {
             let config = load(&cli)?;
-            let tlo = orchestrator(&cli, &config)?;
+            let tlo = orchestrator(&cli, &config).await?;
             println!("{} store is up to date", tlo.store().name());
             Ok(())
         }
@@ -247,7 +259,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             wait,
         } => {
             let config = load(&cli)?;
-            let tlo = orchestrator(&cli, &config)?;
+            let tlo = orchestrator(&cli, &config).await?;
             let default_args = config
                 .tasks
                 .iter()
@@ -274,19 +286,19 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             ref task,
             limit,
         } => {
-            let tlo = orchestrator(&cli, &load(&cli)?)?;
+            let tlo = orchestrator(&cli, &load(&cli)?).await?;
             Ok(commands::jobs(&tlo, state.as_deref(), task.clone(), limit).await?)
         }
         Command::Show { ref id } => {
-            let tlo = orchestrator(&cli, &load(&cli)?)?;
+            let tlo = orchestrator(&cli, &load(&cli)?).await?;
             Ok(commands::show(&tlo, id).await?)
         }
         Command::Cancel { ref id } => {
-            let tlo = orchestrator(&cli, &load(&cli)?)?;
+            let tlo = orchestrator(&cli, &load(&cli)?).await?;
             Ok(commands::cancel(&tlo, id).await?)
         }
         Command::Retry { ref id } => {
-            let tlo = orchestrator(&cli, &load(&cli)?)?;
+            let tlo = orchestrator(&cli, &load(&cli)?).await?;
             Ok(commands::retry(&tlo, id).await?)
         }
         Command::Bench {
@@ -294,13 +306,23 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             workload,
             jobs,
             concurrency,
+            ref database_url,
         } => {
+            let target = bench::Target {
+                store,
+                database_url: database_url.clone(),
+            };
+            let default_jobs = if store == BenchStore::Memory {
+                100_000
+            } else {
+                20_000
+            };
             let measurement = match workload {
                 Workload::Drain => {
-                    bench::drain(store, jobs.unwrap_or(100_000), concurrency).await?
+                    bench::drain(&target, jobs.unwrap_or(default_jobs), concurrency).await?
                 }
                 Workload::Latency => {
-                    bench::latency(store, jobs.unwrap_or(200), concurrency).await?
+                    bench::latency(&target, jobs.unwrap_or(200), concurrency).await?
                 }
             };
             println!(

@@ -63,5 +63,7 @@ pub use tlo_core::{
     Progress, Result, Store, Utc,
 };
 pub use tlo_memory::{MemoryLocker, MemoryStore};
+#[cfg(feature = "postgres")]
+pub use tlo_postgres::{PostgresLocker, PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use tlo_sqlite::{SqliteLocker, SqliteStore};

@@ -94,10 +94,46 @@ impl TloBuilder {
         self
     }
 
-    /// Resolves the settings (reading `TLO_*` variables) and builds the orchestrator.
+    /// Resolves the settings (reading `TLO_*` variables), connects to the store they name (any
+    /// store, PostgreSQL included), and builds the orchestrator.
+    pub async fn connect(self) -> Result<Tlo> {
+        let settings = self.settings.build()?;
+        let (store, store_locker) = match self.store {
+            Some(store) => (store, None),
+            None => open_store_async(&settings).await?,
+        };
+        Self::assemble_opened(
+            settings,
+            store,
+            store_locker,
+            self.locker,
+            self.services,
+            self.hooks,
+        )
+    }
+
+    /// Resolves the settings (reading `TLO_*` variables) and builds the orchestrator. Stores
+    /// that need a network connection (PostgreSQL) are opened by [`connect`](Self::connect).
     pub fn build(self) -> Result<Tlo> {
         let settings = self.settings.build()?;
         Self::assemble(settings, self.store, self.locker, self.services, self.hooks)
+    }
+
+    /// Like [`connect`](Self::connect) with an explicit environment lookup.
+    pub async fn connect_with_env(self, env: impl Fn(&str) -> Option<String>) -> Result<Tlo> {
+        let settings = self.settings.build_with_env(env)?;
+        let (store, store_locker) = match self.store {
+            Some(store) => (store, None),
+            None => open_store_async(&settings).await?,
+        };
+        Self::assemble_opened(
+            settings,
+            store,
+            store_locker,
+            self.locker,
+            self.services,
+            self.hooks,
+        )
     }
 
     /// Like [`build`](Self::build) with an explicit environment lookup (for tests and tools).
@@ -117,6 +153,17 @@ impl TloBuilder {
             Some(store) => (store, None),
             None => open_store(&settings)?,
         };
+        Self::assemble_opened(settings, store, store_locker, locker, services, hooks)
+    }
+
+    fn assemble_opened(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        store_locker: Option<Arc<dyn Locker>>,
+        locker: Option<Arc<dyn Locker>>,
+        services: Services,
+        hooks: Hooks,
+    ) -> Result<Tlo> {
         let locker = match (locker, settings.locker) {
             (Some(locker), _) => locker,
             (None, LockerKind::Memory) => Arc::new(MemoryLocker::new()) as Arc<dyn Locker>,
@@ -155,18 +202,51 @@ fn open_store(settings: &Settings) -> Result<Opened> {
             let locker = Arc::new(store.locker()) as Arc<dyn Locker>;
             Ok((Arc::new(store), Some(locker)))
         }
-        other => Err(Error::InvalidSetting {
+        #[cfg(feature = "postgres")]
+        StoreKind::Postgres => Err(Error::InvalidSetting {
             name: "TLO_TASK_STATE_STORE".into(),
-            value: other.to_string(),
-            expected: format!(
-                "a store compiled into this build: memory{}",
-                if cfg!(feature = "sqlite") {
-                    ", sqlite"
-                } else {
-                    ""
-                }
-            ),
+            value: "postgres".into(),
+            expected: "memory or sqlite with TloBuilder::build; postgres needs TloBuilder::connect().await"
+                .into(),
         }),
+        #[allow(unreachable_patterns)]
+        other => Err(not_compiled(other)),
+    }
+}
+
+fn not_compiled(kind: StoreKind) -> Error {
+    let mut compiled = vec!["memory"];
+    if cfg!(feature = "sqlite") {
+        compiled.push("sqlite");
+    }
+    if cfg!(feature = "postgres") {
+        compiled.push("postgres");
+    }
+    Error::InvalidSetting {
+        name: "TLO_TASK_STATE_STORE".into(),
+        value: kind.to_string(),
+        expected: format!("a store compiled into this build: {}", compiled.join(", ")),
+    }
+}
+
+/// Like [`open_store`], for stores that connect over the network too.
+async fn open_store_async(settings: &Settings) -> Result<Opened> {
+    match settings.store {
+        #[cfg(feature = "postgres")]
+        StoreKind::Postgres => {
+            let url = settings
+                .database_url
+                .as_deref()
+                .ok_or_else(|| Error::InvalidSetting {
+                    name: "TLO_DATABASE_URL".into(),
+                    value: String::new(),
+                    expected: "a postgres:// URL when TLO_TASK_STATE_STORE=postgres".into(),
+                })?;
+            let store = tlo_postgres::PostgresStore::connect(url).await?;
+            let locker = Arc::new(store.locker()) as Arc<dyn Locker>;
+            Ok((Arc::new(store), Some(locker)))
+        }
+        _ => open_store(settings),
     }
 }
 
