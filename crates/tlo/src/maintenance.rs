@@ -12,7 +12,8 @@ use crate::runner::flush;
 
 /// Renews leases and locks of running jobs, and picks up cancels requested elsewhere.
 pub(crate) async fn heartbeat(engine: Arc<Engine>) {
-    let every = (engine.settings.lease / 3).min(Duration::from_secs(1));
+    // Also how soon a cancel requested by another process reaches the job here.
+    let every = (engine.settings.lease / 3).min(Duration::from_millis(500));
     let mut ticker = tokio::time::interval(every);
     loop {
         ticker.tick().await;

@@ -1,0 +1,151 @@
+//! What only PostgreSQL does: concurrent migrators, SKIP LOCKED claims from many workers,
+//! enqueue inside the caller's transaction, LISTEN/NOTIFY wake-ups, clear connection errors.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tlo_core::{ClaimRequest, JobFilter, NewJob, QueueDemand, Store, Utc};
+use tlo_postgres::{PostgresOptions, PostgresStore};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_apply_once() {
+    let schema = common::schema().await;
+    let connects = (0..4).map(|_| {
+        let options = PostgresOptions {
+            schema: schema.clone(),
+            pool_size: 1,
+            ..PostgresOptions::default()
+        };
+        tokio::spawn(async move { PostgresStore::connect_with(&common::url(), options).await })
+    });
+    let mut stores = Vec::new();
+    for connect in connects {
+        stores.push(connect.await.unwrap().expect("every migrator succeeds"));
+    }
+    assert!(
+        stores[0].migrate().await.unwrap().is_empty(),
+        "already up to date"
+    );
+    stores[0].drop_schema().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_never_take_a_job_twice() {
+    let store = Arc::new(common::store().await);
+    let jobs: Vec<NewJob> = (0..1000)
+        .map(|n| NewJob::new("t", serde_json::json!(n)))
+        .collect();
+    store.enqueue(jobs).await.unwrap();
+    let workers = (0..4).map(|w| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let request = ClaimRequest {
+                    worker: format!("w{w}"),
+                    queues: vec![QueueDemand {
+                        queue: "default".into(),
+                        limit: 10,
+                    }],
+                    limit: 10,
+                    now: Utc::now(),
+                    lease: Duration::from_secs(30),
+                };
+                let claimed = store.claim(&request).await.unwrap();
+                if claimed.is_empty() {
+                    return mine;
+                }
+                mine.extend(claimed.into_iter().map(|j| j.id));
+            }
+        })
+    });
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(worker.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 1000, "every job claimed");
+    assert_eq!(unique.len(), 1000, "none twice");
+    store.drop_schema().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_in_the_callers_transaction_follows_its_fate() {
+    let store = common::store().await;
+    let (mut client, connection) = tokio_postgres::connect(&common::url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let tx = client.transaction().await.unwrap();
+    store
+        .enqueue_in(&tx, vec![NewJob::new("t", serde_json::json!(1))])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert!(store.list(&JobFilter::default()).await.unwrap().is_empty());
+    let tx = client.transaction().await.unwrap();
+    let ids = store
+        .enqueue_in(&tx, vec![NewJob::new("t", serde_json::json!(2))])
+        .await
+        .unwrap();
+    assert!(
+        store.get(ids[0].id).await.unwrap().is_none(),
+        "invisible before commit"
+    );
+    tx.commit().await.unwrap();
+    assert!(store.get(ids[0].id).await.unwrap().is_some());
+    store.drop_schema().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_notifies_listeners_in_other_connections() {
+    let store = common::store().await;
+    let woken = Arc::new(AtomicUsize::new(0));
+    let w = woken.clone();
+    store.subscribe_wakeups(Arc::new(move || {
+        w.fetch_add(1, Ordering::SeqCst);
+    }));
+    // The listener wakes once when it starts listening.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while woken.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listener never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = woken.load(Ordering::SeqCst);
+    let other = PostgresStore::connect_with(
+        &common::url(),
+        PostgresOptions {
+            schema: store.schema().to_owned(),
+            pool_size: 1,
+            ..PostgresOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    other
+        .enqueue(vec![NewJob::new("t", serde_json::json!(1))])
+        .await
+        .unwrap();
+    while woken.load(Ordering::SeqCst) == before {
+        assert!(tokio::time::Instant::now() < deadline, "no notification");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    store.drop_schema().await.unwrap();
+}
+
+#[tokio::test]
+async fn unreachable_server_is_named_without_its_password() {
+    let err = PostgresStore::connect("postgres://app:hunter2@127.0.0.1:1/db")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("postgres://app@127.0.0.1:1/db"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}

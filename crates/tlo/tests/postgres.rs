@@ -1,0 +1,187 @@
+//! The engine on PostgreSQL: several orchestrators (standing in for processes on several hosts)
+//! share one schema. Reads `TLO_TEST_DATABASE_URL`; fails when the server is unreachable.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use tlo::{JobState, PostgresOptions, PostgresStore, SubmitOptions, TaskOptions, Tlo};
+use tlo_core::{ClaimRequest, NewJob, QueueDemand, Store};
+
+fn url() -> String {
+    std::env::var("TLO_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+async fn store(schema: &str) -> PostgresStore {
+    let options = PostgresOptions {
+        schema: schema.into(),
+        pool_size: 4,
+        ..PostgresOptions::default()
+    };
+    PostgresStore::connect_with(&url(), options)
+        .await
+        .expect("PostgreSQL must be reachable (TLO_TEST_DATABASE_URL)")
+}
+
+fn schema(name: &str) -> String {
+    format!("tlo_test_{}_{name}", std::process::id())
+}
+
+/// An orchestrator on the shared schema, as one worker process would be.
+async fn worker(schema: &str, id: &str, settings: tlo::SettingsBuilder) -> Tlo {
+    let pg = store(schema).await;
+    let locker = pg.locker();
+    build(
+        Tlo::builder()
+            .settings(settings.worker_id(id))
+            .store(pg)
+            .locker(locker),
+    )
+}
+
+fn waiter(tlo: &Tlo) -> tlo::TaskRef<(), String> {
+    tlo.register(
+        "wait_for_cancel",
+        TaskOptions::new(),
+        |ctx, _: ()| async move {
+            ctx.cancelled().await;
+            Ok::<_, String>("stopped".to_string())
+        },
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_from_another_process_reaches_the_job_within_a_second() {
+    let schema = schema("cancel");
+    let a = worker(&schema, "a", fast()).await;
+    let b = worker(&schema, "b", fast()).await;
+    let task = waiter(&a);
+    waiter(&b);
+    a.start().unwrap();
+    let handle = a.submit(&task, ()).await.unwrap();
+    eventually("running on a", || async {
+        handle.is_running().await.unwrap()
+    })
+    .await;
+    let asked = Instant::now();
+    b.cancel(handle.id()).await.unwrap();
+    let job = handle.wait().await.unwrap();
+    assert_eq!(job.state, JobState::Cancelled);
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        asked.elapsed()
+    );
+    a.stop().await.unwrap();
+    store(&schema).await.drop_schema().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusivity_keys_hold_across_processes() {
+    let schema = schema("exclusive");
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for id in ["a", "b"] {
+        let tlo = worker(&schema, id, fast().tick_interval(ms(20))).await;
+        let (r, p) = (running.clone(), peak.clone());
+        tlo.register(
+            "sync",
+            TaskOptions::new().exclusive("{account}"),
+            move |_ctx, _: serde_json::Value| {
+                let (r, p) = (r.clone(), p.clone());
+                async move {
+                    let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                    p.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(ms(50)).await;
+                    r.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, String>(())
+                }
+            },
+        )
+        .unwrap();
+        tlo.start().unwrap();
+        workers.push(tlo);
+    }
+    let mut handles = Vec::new();
+    for i in 0..6 {
+        let submitter = &workers[i % 2];
+        handles.push(
+            submitter
+                .submit_json("sync", json!({"account": "acme"}), SubmitOptions::new())
+                .await
+                .unwrap(),
+        );
+    }
+    for handle in handles {
+        assert_eq!(handle.wait().await.unwrap().state, JobState::Done);
+    }
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        1,
+        "one holder at a time across workers"
+    );
+    for tlo in workers {
+        tlo.stop().await.unwrap();
+    }
+    store(&schema).await.drop_schema().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_worker_vanished_is_rescued_and_runs_once_more() {
+    let schema = schema("rescue");
+    let pg = store(&schema).await;
+    let mut new = NewJob::new("work", json!(null));
+    new.max_attempts = 2;
+    let id = pg.enqueue(vec![new]).await.unwrap()[0].id;
+    // A worker claims it with a short lease and is never heard of again.
+    let request = ClaimRequest {
+        worker: "vanished".into(),
+        queues: vec![QueueDemand {
+            queue: "default".into(),
+            limit: 1,
+        }],
+        limit: 1,
+        now: tlo::Utc::now(),
+        lease: Duration::from_millis(200),
+    };
+    assert_eq!(pg.claim(&request).await.unwrap().len(), 1);
+    let survivor = worker(
+        &schema,
+        "survivor",
+        fast().lease(Duration::from_millis(600)),
+    )
+    .await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    survivor
+        .register(
+            "work",
+            TaskOptions::new(),
+            move |_ctx, _: serde_json::Value| {
+                r.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, String>(()) }
+            },
+        )
+        .unwrap();
+    survivor.start().unwrap();
+    let job = survivor.handle::<()>(id).wait().await.unwrap();
+    assert_eq!(job.state, JobState::Done);
+    assert_eq!(job.attempt, 2);
+    assert!(
+        job.attempts[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("vanished")
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    survivor.stop().await.unwrap();
+    pg.drop_schema().await.unwrap();
+}
