@@ -124,6 +124,8 @@ pub struct Settings {
     pub panic_mode: bool,
     /// `TLO_DATABASE_URL`.
     pub database_url: Option<String>,
+    /// `TLO_DATABASE_SCHEMA`: the PostgreSQL schema holding tlo's tables (default `tlo`).
+    pub database_schema: String,
     /// `TLO_CONCURRENCY`: jobs running at once in this process.
     pub concurrency: usize,
     /// `TLO_QUEUE_CONCURRENCY`: per-queue caps.
@@ -164,6 +166,7 @@ impl Default for Settings {
             stop_behavior: StopBehavior::default(),
             panic_mode: false,
             database_url: None,
+            database_schema: "tlo".into(),
             concurrency: 16,
             queue_concurrency: BTreeMap::new(),
             queues: Vec::new(),
@@ -237,6 +240,11 @@ impl Settings {
             "scheduler errors stop the orchestrator",
         ),
         ("TLO_DATABASE_URL", "", "store URL"),
+        (
+            "TLO_DATABASE_SCHEMA",
+            "tlo",
+            "PostgreSQL schema of tlo's tables",
+        ),
         ("TLO_CONCURRENCY", "16", "jobs running at once"),
         (
             "TLO_QUEUE_CONCURRENCY",
@@ -382,6 +390,7 @@ fn apply(settings: &mut Settings, var: &str, value: &str) -> Result<()> {
         "TLO_STOP_BEHAVIOR" => settings.stop_behavior = value.trim().parse()?,
         "TLO_PANIC_MODE" => settings.panic_mode = boolean(var, value)?,
         "TLO_DATABASE_URL" => settings.database_url = Some(value.trim().to_owned()),
+        "TLO_DATABASE_SCHEMA" => settings.database_schema = value.trim().to_owned(),
         "TLO_CONCURRENCY" => settings.concurrency = positive_usize(var, value)?,
         "TLO_QUEUE_CONCURRENCY" => settings.queue_concurrency = queue_caps(var, value)?,
         "TLO_QUEUES" => settings.queues = list(value),
@@ -457,6 +466,8 @@ impl SettingsBuilder {
         queue: QueueKind, "TLO_QUEUE", |s, v| s.queue = v);
     setter!(/// The locker to use.
         locker: LockerKind, "TLO_LOCKER", |s, v| s.locker = v);
+    setter!(/// The PostgreSQL schema.
+        database_schema: impl Into<String>, "TLO_DATABASE_SCHEMA", |s, v| s.database_schema = v.into());
     setter!(/// The store URL.
         database_url: impl Into<String>, "TLO_DATABASE_URL", |s, v| s.database_url = Some(v.into()));
     setter!(/// The queues this worker serves.
@@ -548,6 +559,7 @@ fn copy_field(to: &mut Settings, from: &Settings, var: &str) {
         "TLO_QUEUE" => to.queue = from.queue,
         "TLO_LOCKER" => to.locker = from.locker,
         "TLO_DATABASE_URL" => to.database_url = from.database_url.clone(),
+        "TLO_DATABASE_SCHEMA" => to.database_schema = from.database_schema.clone(),
         "TLO_QUEUE_CONCURRENCY" => to.queue_concurrency = from.queue_concurrency.clone(),
         "TLO_QUEUES" => to.queues = from.queues.clone(),
         "TLO_BLOCKING_THREADS" => to.blocking_threads = from.blocking_threads,

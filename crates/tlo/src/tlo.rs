@@ -242,7 +242,12 @@ async fn open_store_async(settings: &Settings) -> Result<Opened> {
                     value: String::new(),
                     expected: "a postgres:// URL when TLO_TASK_STATE_STORE=postgres".into(),
                 })?;
-            let store = tlo_postgres::PostgresStore::connect(url).await?;
+            let options = tlo_postgres::PostgresOptions {
+                schema: settings.database_schema.clone(),
+                pool_size: (settings.concurrency + 4).min(32),
+                ..tlo_postgres::PostgresOptions::default()
+            };
+            let store = tlo_postgres::PostgresStore::connect_with(url, options).await?;
             let locker = Arc::new(store.locker()) as Arc<dyn Locker>;
             Ok((Arc::new(store), Some(locker)))
         }
