@@ -173,7 +173,7 @@ impl Default for Settings {
             blocking_threads: 16,
             cancel_grace: Duration::from_secs(5),
             progress_flush_interval: Duration::from_millis(100),
-            lease: Duration::from_secs(30),
+            lease: Duration::from_secs(20),
             poll_interval: Duration::from_secs(1),
             worker_id: None,
             retain_done: Some(Duration::from_secs(DAY)),
@@ -259,7 +259,11 @@ impl Settings {
             "100",
             "progress flush interval",
         ),
-        ("TLO_LEASE_SECS", "30", "job lease"),
+        (
+            "TLO_LEASE_SECS",
+            "20",
+            "job lease: a vanished worker's jobs are rescued within lease + 5 s",
+        ),
         ("TLO_POLL_INTERVAL_MS", "1000", "fallback poll interval"),
         ("TLO_WORKER_ID", "host:pid", "this worker's id"),
         (
