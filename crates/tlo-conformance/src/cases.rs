@@ -709,3 +709,39 @@ pub async fn prune_removes_only_old_ended_jobs<S: Store>(store: Arc<S>) {
         1
     );
 }
+
+/// Completions and the next claims in one round: each completion succeeds or fails alone.
+pub async fn complete_and_claim_in_one_round<S: Store>(store: Arc<S>) {
+    let ids = put(&*store, vec![job("a"), job("b"), job("c"), job("d")]).await;
+    claim(&*store, 2).await;
+    let completions = vec![
+        Completion {
+            id: ids[0],
+            attempt: 1,
+            outcome: Outcome::Done(json!("ok")),
+            at: Utc::now(),
+        },
+        Completion {
+            id: ids[1],
+            attempt: 5,
+            outcome: Outcome::Done(json!("stale")),
+            at: Utc::now(),
+        },
+    ];
+    let next = request(&[("default", 2)], 2, Utc::now());
+    let (results, claimed) = store
+        .complete_and_claim(completions, Some(&next))
+        .await
+        .unwrap();
+    assert_eq!(results[0].as_ref().unwrap().state, JobState::Done);
+    assert!(matches!(results[1], Err(Error::StaleAttempt { .. })));
+    let claimed: Vec<JobId> = claimed.into_iter().map(|j| j.id).collect();
+    assert_eq!(claimed, vec![ids[2], ids[3]]);
+    assert_eq!(
+        state(&*store, ids[1]).await,
+        JobState::Running,
+        "the stale write changed nothing"
+    );
+    let (results, claimed) = store.complete_and_claim(Vec::new(), None).await.unwrap();
+    assert!(results.is_empty() && claimed.is_empty());
+}

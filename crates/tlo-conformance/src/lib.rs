@@ -58,6 +58,7 @@ macro_rules! store_conformance {
             schedule_slots_fire_once,
             relaunch_runs_an_ended_job_again,
             prune_removes_only_old_ended_jobs,
+            complete_and_claim_in_one_round,
             unknown_job_is_none
         );
     };

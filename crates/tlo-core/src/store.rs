@@ -124,6 +124,21 @@ pub trait Store: Send + Sync + 'static {
         Ok(results)
     }
 
+    /// Records several completions and, in the same round, claims the next jobs for the runners
+    /// that finished them: one transaction per batch on the durable stores.
+    async fn complete_and_claim(
+        &self,
+        completions: Vec<Completion>,
+        next: Option<&ClaimRequest>,
+    ) -> Result<(Vec<Result<Job>>, Vec<Job>)> {
+        let results = self.complete_many(completions).await?;
+        let claimed = match next {
+            Some(request) => self.claim(request).await?,
+            None => Vec::new(),
+        };
+        Ok((results, claimed))
+    }
+
     /// Asks for a job to be cancelled: a `scheduled` job ends `cancelled` at once, an executing
     /// one becomes `cancel_requested`. Of several concurrent requests exactly one succeeds.
     async fn request_cancel(&self, id: JobId) -> Result<CancelOutcome>;

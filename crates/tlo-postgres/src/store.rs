@@ -306,6 +306,40 @@ impl PostgresStore {
         Ok((out, job))
     }
 
+    /// Selects and claims due jobs inside `tx`; the caller saves and commits.
+    async fn claim_in(&self, tx: &Transaction<'_>, request: &ClaimRequest) -> Result<Vec<Job>> {
+        let sql = format!(
+            "SELECT seq, data FROM {} WHERE state = 'scheduled' AND queue = $1 AND eta <= $2
+             ORDER BY priority DESC, eta, seq LIMIT $3 FOR UPDATE SKIP LOCKED",
+            self.t("jobs")
+        );
+        let now = micros(request.now);
+        let mut candidates: Vec<(i64, Job)> = Vec::new();
+        for demand in request.queues.iter().filter(|d| d.limit > 0) {
+            let limit = demand.limit.min(request.limit) as i64;
+            for row in tx
+                .query(&sql, &[&demand.queue, &now, &limit])
+                .await
+                .map_err(pg_error)?
+            {
+                candidates.push((row.get(0), job_of(&row)?));
+            }
+        }
+        candidates.sort_by(|(sa, a), (sb, b)| {
+            b.priority
+                .cmp(&a.priority)
+                .then(a.eta.cmp(&b.eta))
+                .then(sa.cmp(sb))
+        });
+        candidates.truncate(request.limit);
+        let mut claimed = Vec::with_capacity(candidates.len());
+        for (_, mut job) in candidates {
+            apply_claim(&mut job, &request.worker, request.now, request.lease)?;
+            claimed.push(job);
+        }
+        Ok(claimed)
+    }
+
     async fn exists<C: GenericClient>(&self, db: &C, id: JobId) -> Result<()> {
         db.query_opt(
             &format!("SELECT 1 FROM {} WHERE id = $1", self.t("jobs")),
@@ -361,38 +395,67 @@ impl Store for PostgresStore {
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Job>> {
         let mut client = self.client().await?;
         let tx = pg(&mut client).transaction().await.map_err(pg_error)?;
-        let sql = format!(
-            "SELECT seq, data FROM {} WHERE state = 'scheduled' AND queue = $1 AND eta <= $2
-             ORDER BY priority DESC, eta, seq LIMIT $3 FOR UPDATE SKIP LOCKED",
-            self.t("jobs")
-        );
-        let now = micros(request.now);
-        let mut candidates: Vec<(i64, Job)> = Vec::new();
-        for demand in request.queues.iter().filter(|d| d.limit > 0) {
-            let limit = demand.limit.min(request.limit) as i64;
-            for row in tx
-                .query(&sql, &[&demand.queue, &now, &limit])
-                .await
-                .map_err(pg_error)?
-            {
-                candidates.push((row.get(0), job_of(&row)?));
-            }
-        }
-        candidates.sort_by(|(sa, a), (sb, b)| {
-            b.priority
-                .cmp(&a.priority)
-                .then(a.eta.cmp(&b.eta))
-                .then(sa.cmp(sb))
-        });
-        candidates.truncate(request.limit);
-        let mut claimed = Vec::with_capacity(candidates.len());
-        for (_, mut job) in candidates {
-            apply_claim(&mut job, &request.worker, request.now, request.lease)?;
-            claimed.push(job);
-        }
+        let claimed = self.claim_in(&tx, request).await?;
         self.save(&tx, &claimed).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(claimed)
+    }
+
+    async fn complete_many(&self, completions: Vec<Completion>) -> Result<Vec<Result<Job>>> {
+        self.complete_and_claim(completions, None)
+            .await
+            .map(|(results, _)| results)
+    }
+
+    async fn complete_and_claim(
+        &self,
+        completions: Vec<Completion>,
+        next: Option<&ClaimRequest>,
+    ) -> Result<(Vec<Result<Job>>, Vec<Job>)> {
+        let mut client = self.client().await?;
+        let tx = pg(&mut client).transaction().await.map_err(pg_error)?;
+        let ids: Vec<Uuid> = completions.iter().map(|c| c.id.0).collect();
+        let mut current: std::collections::HashMap<Uuid, Job> = std::collections::HashMap::new();
+        if !ids.is_empty() {
+            // In id order, so that concurrent batches lock rows in the same order.
+            for row in tx
+                .query(
+                    &format!(
+                        "SELECT data FROM {} WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                        self.t("jobs")
+                    ),
+                    &[&ids],
+                )
+                .await
+                .map_err(pg_error)?
+            {
+                let job = job_of(&row)?;
+                current.insert(job.id.0, job);
+            }
+        }
+        let mut changed = Vec::new();
+        let results = completions
+            .iter()
+            .map(|completion| {
+                let job = current
+                    .get_mut(&completion.id.0)
+                    .ok_or(Error::JobNotFound(completion.id))?;
+                let mut updated = job.clone();
+                apply_completion(&mut updated, completion)?;
+                *job = updated.clone();
+                changed.push(updated.id.0);
+                Ok(updated)
+            })
+            .collect::<Vec<Result<Job>>>();
+        let claimed = match next {
+            Some(request) => self.claim_in(&tx, request).await?,
+            None => Vec::new(),
+        };
+        let mut writes: Vec<Job> = changed.iter().filter_map(|id| current.remove(id)).collect();
+        writes.extend(claimed.iter().cloned());
+        self.save(&tx, &writes).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok((results, claimed))
     }
 
     async fn complete(&self, completion: Completion) -> Result<Job> {
@@ -436,14 +499,19 @@ impl Store for PostgresStore {
         let rows = client
             .query(
                 &format!(
-                    "UPDATE {} AS j SET lease_until = $3,
+                    "WITH held AS (
+                         SELECT j.id FROM {jobs} AS j
+                         JOIN unnest($1::uuid[], $2::int8[]) AS u(id, attempt) ON j.id = u.id
+                         WHERE (j.data->>'attempt')::int8 = u.attempt AND j.worker = $5
+                           AND j.state IN ('running', 'cancel_requested', 'cancelling')
+                         ORDER BY j.id
+                         FOR UPDATE OF j
+                     )
+                     UPDATE {jobs} AS j SET lease_until = $3,
                          data = jsonb_set(j.data, '{{lease_until}}', $4)
-                     FROM unnest($1::uuid[], $2::int8[]) AS u(id, attempt)
-                     WHERE j.id = u.id AND (j.data->>'attempt')::int8 = u.attempt
-                       AND j.worker = $5
-                       AND j.state IN ('running', 'cancel_requested', 'cancelling')
+                     FROM held WHERE j.id = held.id
                      RETURNING j.id, j.state",
-                    self.t("jobs")
+                    jobs = self.t("jobs")
                 ),
                 &[&ids, &attempts, &micros(until), &Json(until_json), &worker],
             )

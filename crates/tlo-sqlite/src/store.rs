@@ -153,6 +153,45 @@ fn text_values(items: &[String]) -> impl Iterator<Item = rusqlite::types::Value>
         .map(|item| rusqlite::types::Value::Text(item.clone()))
 }
 
+/// Claims due jobs for `request` on the connection thread.
+fn claim_in(conn: &Connection, request: &ClaimRequest) -> Result<Vec<Job>> {
+    let now = micros(request.now);
+    let mut candidates: Vec<(i64, Job)> = Vec::new();
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, data FROM jobs INDEXED BY jobs_due
+             WHERE state = 'scheduled' AND queue = ?1 AND eta <= ?2
+             ORDER BY priority DESC, eta, seq LIMIT ?3",
+        )
+        .map_err(store_error)?;
+    for demand in request.queues.iter().filter(|d| d.limit > 0) {
+        let limit = demand.limit.min(request.limit) as i64;
+        let rows = stmt
+            .query_map(params![demand.queue, now, limit], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            })
+            .map_err(store_error)?;
+        for row in rows {
+            let (seq, data) = row.map_err(store_error)?;
+            candidates.push((seq, decode(&data)?));
+        }
+    }
+    candidates.sort_by(|(sa, a), (sb, b)| {
+        b.priority
+            .cmp(&a.priority)
+            .then(a.eta.cmp(&b.eta))
+            .then(sa.cmp(sb))
+    });
+    candidates.truncate(request.limit);
+    let mut claimed = Vec::with_capacity(candidates.len());
+    for (_, mut job) in candidates {
+        apply_claim(&mut job, &request.worker, request.now, request.lease)?;
+        save(conn, &job)?;
+        claimed.push(job);
+    }
+    Ok(claimed)
+}
+
 impl SqliteStore {
     /// Opens (or creates) the store at `path` and applies pending migrations.
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore> {
@@ -230,43 +269,31 @@ impl Store for SqliteStore {
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Job>> {
         let request = request.clone();
+        self.conn.call(move |conn| claim_in(conn, &request)).await
+    }
+
+    async fn complete_and_claim(
+        &self,
+        completions: Vec<Completion>,
+        next: Option<&ClaimRequest>,
+    ) -> Result<(Vec<Result<Job>>, Vec<Job>)> {
+        let next = next.cloned();
         self.conn
             .call(move |conn| {
-                let now = micros(request.now);
-                let mut candidates: Vec<(i64, Job)> = Vec::new();
-                let mut stmt = conn
-                    .prepare_cached(
-                        "SELECT seq, data FROM jobs INDEXED BY jobs_due
-                         WHERE state = 'scheduled' AND queue = ?1 AND eta <= ?2
-                         ORDER BY priority DESC, eta, seq LIMIT ?3",
-                    )
-                    .map_err(store_error)?;
-                for demand in request.queues.iter().filter(|d| d.limit > 0) {
-                    let limit = demand.limit.min(request.limit) as i64;
-                    let rows = stmt
-                        .query_map(params![demand.queue, now, limit], |row| {
-                            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
-                        })
-                        .map_err(store_error)?;
-                    for row in rows {
-                        let (seq, data) = row.map_err(store_error)?;
-                        candidates.push((seq, decode(&data)?));
-                    }
-                }
-                candidates.sort_by(|(sa, a), (sb, b)| {
-                    b.priority
-                        .cmp(&a.priority)
-                        .then(a.eta.cmp(&b.eta))
-                        .then(sa.cmp(sb))
-                });
-                candidates.truncate(request.limit);
-                let mut claimed = Vec::with_capacity(candidates.len());
-                for (_, mut job) in candidates {
-                    apply_claim(&mut job, &request.worker, request.now, request.lease)?;
-                    save(conn, &job)?;
-                    claimed.push(job);
-                }
-                Ok(claimed)
+                let results = completions
+                    .iter()
+                    .map(|completion| {
+                        let mut job = require(conn, completion.id)?;
+                        apply_completion(&mut job, completion)?;
+                        save(conn, &job)?;
+                        Ok(job)
+                    })
+                    .collect();
+                let claimed = match &next {
+                    Some(request) => claim_in(conn, request)?,
+                    None => Vec::new(),
+                };
+                Ok((results, claimed))
             })
             .await
     }

@@ -135,6 +135,8 @@ pub(crate) struct Engine {
     pub(crate) drain_since: Mutex<Option<DateTime<Utc>>>,
     /// Claims take turns when per-queue limits are set.
     pub(crate) claim_turn: tokio::sync::Mutex<()>,
+    /// Batched rounds of completions and claims, for shared stores while running.
+    pub(crate) batcher: Mutex<Option<tokio::sync::mpsc::UnboundedSender<crate::batch::Finish>>>,
     /// Jobs put back by exclusivity during a drain: the drain waits for them too.
     pub(crate) drain_snoozed: Mutex<HashSet<JobId>>,
     pub(crate) stop: watch::Sender<Option<StopBehavior>>,
@@ -181,6 +183,7 @@ impl Engine {
             stop_mode: AtomicU8::new(StopMode::Running as u8),
             drain_since: Mutex::new(None),
             claim_turn: tokio::sync::Mutex::new(()),
+            batcher: Mutex::new(None),
             drain_snoozed: Mutex::new(HashSet::new()),
             stop: watch::channel(None).0,
         }

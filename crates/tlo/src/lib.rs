@@ -25,6 +25,7 @@
 //!
 //! See `ARCHITECTURE.md` for how a job flows through the crates.
 
+mod batch;
 mod context;
 mod engine;
 mod events;

@@ -10,6 +10,7 @@ use futures_util::FutureExt;
 use serde_json::Value;
 use tlo_core::{Completion, Job, JobState, Outcome};
 
+use crate::batch::Finish;
 use crate::context::TaskContext;
 use crate::engine::{Engine, StopMode};
 use crate::events::{Hooks, JobEventKind};
@@ -25,8 +26,12 @@ fn elapsed_secs(d: Duration) -> String {
 /// dispatcher wake-up per job.
 pub(crate) async fn run_loop(engine: Arc<Engine>, mut job: Job) {
     loop {
-        run_job(&engine, job).await;
-        match engine.claim_next().await {
+        let next = match run_job(&engine, job).await {
+            Next::Job(next) => Some(next),
+            Next::Nothing => None,
+            Next::Ask => engine.claim_next().await,
+        };
+        match next {
             Some(next) => job = next,
             None => {
                 engine.release_slot();
@@ -36,12 +41,22 @@ pub(crate) async fn run_loop(engine: Arc<Engine>, mut job: Job) {
     }
 }
 
+/// What a runner does after a job.
+enum Next {
+    /// Run this job, claimed in the same round as the outcome.
+    Job(Job),
+    /// The round found nothing due: give the slot back.
+    Nothing,
+    /// Ask the store for the next job.
+    Ask,
+}
+
 /// Runs one claimed job to its outcome; its slot stays reserved (the caller decides).
-async fn run_job(engine: &Arc<Engine>, mut job: Job) {
+async fn run_job(engine: &Arc<Engine>, mut job: Job) -> Next {
     let queue = job.queue.clone();
     let Some(def) = engine.registry.get(&job.task) else {
         let error = format!("unknown task `{}`", job.task);
-        finish(
+        let next = finish(
             engine,
             &job,
             Outcome::Failed {
@@ -51,7 +66,7 @@ async fn run_job(engine: &Arc<Engine>, mut job: Job) {
         )
         .await;
         engine.leave_queue(&queue);
-        return;
+        return next;
     };
     if let Some(key) = job.lock_key.clone() {
         let acquired = engine
@@ -66,9 +81,9 @@ async fn run_job(engine: &Arc<Engine>, mut job: Job) {
             if engine.is_stopping() {
                 engine.drain_snoozed.lock().insert(job.id);
             }
-            finish(engine, &job, Outcome::Snoozed { eta }).await;
+            let next = finish(engine, &job, Outcome::Snoozed { eta }).await;
             engine.leave_queue(&queue);
-            return;
+            return next;
         }
     }
     let args = std::mem::take(&mut job.args);
@@ -99,14 +114,17 @@ async fn run_job(engine: &Arc<Engine>, mut job: Job) {
         }
     };
     flush(engine, &ctx).await;
-    finish(engine, job, outcome).await;
+    // The handler has ended: its key is free for the next holder, even one claimed in the
+    // same round as this outcome.
     if let Some(key) = lock_key {
         if let Err(err) = engine.locker.release(&key, job.id).await {
             tracing::warn!(job = %job.id, error = %err, "releasing lock failed");
         }
     }
+    let next = finish(engine, job, outcome).await;
     engine.running.lock().remove(&job.id);
     engine.leave_queue(&queue);
+    next
 }
 
 fn panic_message(payload: Box<dyn Any + Send>) -> String {
@@ -229,8 +247,9 @@ pub(crate) async fn flush(engine: &Engine, ctx: &TaskContext) {
     }
 }
 
-/// Records the outcome and tells hooks, metrics and listeners.
-async fn finish(engine: &Engine, job: &Job, outcome: Outcome) {
+/// Records the outcome (in a shared round when the store batches) and tells hooks, metrics and
+/// listeners.
+async fn finish(engine: &Engine, job: &Job, outcome: Outcome) -> Next {
     let completion = Completion {
         id: job.id,
         attempt: job.attempt,
@@ -238,12 +257,29 @@ async fn finish(engine: &Engine, job: &Job, outcome: Outcome) {
         at: Utc::now(),
     };
     let snoozed = matches!(completion.outcome, Outcome::Snoozed { .. });
-    let ended = match engine.store.complete(completion).await {
-        Ok(ended) => ended,
-        Err(err) => {
-            tracing::warn!(job = %job.id, error = %err, "recording the outcome failed");
-            return;
+    let completion_copy = completion.clone();
+    let batcher = engine.batcher.lock().clone();
+    let (recorded, next) = match batcher {
+        Some(batcher) => {
+            let (reply, replied) = tokio::sync::oneshot::channel();
+            let sent = batcher.send(Finish { completion, reply });
+            match sent {
+                Ok(()) => match replied.await {
+                    Ok((recorded, Some(next))) => (recorded, Next::Job(next)),
+                    Ok((recorded, None)) => (recorded, Next::Nothing),
+                    Err(_) => (Err(tlo_core::Error::Shutdown), Next::Nothing),
+                },
+                Err(unsent) => (engine.store.complete(unsent.0.completion).await, Next::Ask),
+            }
         }
+        None => (engine.store.complete(completion).await, Next::Ask),
+    };
+    let ended = match recorded {
+        Ok(ended) => ended,
+        Err(err) => match record_again(engine, job, &completion_copy, err).await {
+            Some(ended) => ended,
+            None => return next,
+        },
     };
     let duration = (!snoozed).then(|| {
         job.started_at
@@ -260,7 +296,34 @@ async fn finish(engine: &Engine, job: &Job, outcome: Outcome) {
     };
     engine.metrics.count(&ended.task, count, duration);
     Hooks::run(hook_list, &ended);
-    engine.publish(&ended, || match ended.state {
+    announce(engine, &ended, snoozed);
+    next
+}
+
+/// Retries recording an outcome after a store failure (a lost connection, a deadlock victim):
+/// giving up would leave the job `running` until its lease ran out and run it again.
+async fn record_again(
+    engine: &Engine,
+    job: &Job,
+    completion: &Completion,
+    mut error: tlo_core::Error,
+) -> Option<Job> {
+    for attempt in 0..8u32 {
+        if !matches!(error, tlo_core::Error::Store(_) | tlo_core::Error::Shutdown) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
+        match engine.store.complete(completion.clone()).await {
+            Ok(ended) => return Some(ended),
+            Err(err) => error = err,
+        }
+    }
+    tracing::warn!(job = %job.id, error = %error, "recording the outcome failed");
+    None
+}
+
+fn announce(engine: &Engine, ended: &Job, snoozed: bool) {
+    engine.publish(ended, || match ended.state {
         JobState::Done => JobEventKind::Succeeded,
         JobState::Failed => JobEventKind::Failed {
             error: ended.error.clone().unwrap_or_default(),

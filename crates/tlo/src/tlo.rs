@@ -22,7 +22,7 @@ use crate::registry::TaskRegistry;
 use crate::settings::{LockerKind, Settings, SettingsBuilder, StopBehavior, StoreKind};
 use crate::shell::ShellCommand;
 use crate::task::{TaskOptions, TaskRef};
-use crate::{maintenance, scheduler, worker};
+use crate::{batch, maintenance, scheduler, worker};
 
 /// Builds a [`Tlo`]: settings, store, locker, services and hooks.
 #[derive(Default)]
@@ -532,6 +532,12 @@ impl Tlo {
         let engine = &self.engine;
         engine.set_stop(None);
         engine.started.store(true, Ordering::Release);
+        let mut background = Vec::new();
+        if engine.store.is_shared() {
+            let (finishes, rounds) = tokio::sync::mpsc::unbounded_channel();
+            *engine.batcher.lock() = Some(finishes);
+            background.push(runtime.spawn(batch::batcher(engine.clone(), rounds)));
+        }
         *running = Some(Running {
             dispatcher: runtime.spawn(worker::dispatch(engine.clone())),
             scheduler: with_scheduler.then(|| runtime.spawn(scheduler::run(engine.clone()))),
@@ -540,7 +546,10 @@ impl Tlo {
                 runtime.spawn(maintenance::rescuer(engine.clone())),
                 runtime.spawn(maintenance::flusher(engine.clone())),
                 runtime.spawn(maintenance::pruner(engine.clone())),
-            ],
+            ]
+            .into_iter()
+            .chain(background)
+            .collect(),
         });
         Ok(())
     }
@@ -584,6 +593,7 @@ impl Tlo {
             finished.await;
         }
         engine.started.store(false, Ordering::Release);
+        engine.batcher.lock().take();
         for task in running.background {
             task.abort();
         }

@@ -126,6 +126,46 @@ impl Engine {
         jobs
     }
 
+    /// A claim request for `slots` jobs that needs no per-queue bookkeeping, or `None` when
+    /// claims must take the careful path (per-queue limits) or none may be made (stopping).
+    pub(crate) fn plain_claim_request(&self, slots: usize) -> Option<ClaimRequest> {
+        if !self.settings.queue_concurrency.is_empty() {
+            return None;
+        }
+        let now = match self.stop_mode() {
+            StopMode::Running => Utc::now(),
+            StopMode::Drain => match *self.drain_since.lock() {
+                Some(since) if self.drain_snoozed.lock().is_empty() => since,
+                _ => Utc::now(),
+            },
+            StopMode::Cancel | StopMode::Ignore => return None,
+        };
+        Some(ClaimRequest {
+            worker: self.worker_id.clone(),
+            queues: self
+                .served_queues()
+                .iter()
+                .map(|queue| QueueDemand {
+                    queue: queue.clone(),
+                    limit: slots,
+                })
+                .collect(),
+            limit: slots.min(CLAIM_BATCH),
+            now,
+            lease: self.settings.lease,
+        })
+    }
+
+    /// Bookkeeping after a claim made outside [`Engine::claim`].
+    pub(crate) fn note_claimed(&self, jobs: &[Job]) {
+        if !self.drain_snoozed.lock().is_empty() {
+            let mut snoozed = self.drain_snoozed.lock();
+            for job in jobs {
+                snoozed.remove(&job.id);
+            }
+        }
+    }
+
     /// For a runner that finished a job and keeps its slot: the next due job, if any.
     pub(crate) async fn claim_next(&self) -> Option<Job> {
         self.claim(1).await.pop()
