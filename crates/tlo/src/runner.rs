@@ -27,7 +27,7 @@ fn elapsed_secs(d: Duration) -> String {
 pub(crate) async fn run_loop(engine: Arc<Engine>, mut job: Job) {
     loop {
         let next = match run_job(&engine, job).await {
-            Next::Job(next) => Some(next),
+            Next::Job(next) => Some(*next),
             Next::Nothing => None,
             Next::Ask => engine.claim_next().await,
         };
@@ -44,7 +44,7 @@ pub(crate) async fn run_loop(engine: Arc<Engine>, mut job: Job) {
 /// What a runner does after a job.
 enum Next {
     /// Run this job, claimed in the same round as the outcome.
-    Job(Job),
+    Job(Box<Job>),
     /// The round found nothing due: give the slot back.
     Nothing,
     /// Ask the store for the next job.
@@ -265,7 +265,7 @@ async fn finish(engine: &Engine, job: &Job, outcome: Outcome) -> Next {
             let sent = batcher.send(Finish { completion, reply });
             match sent {
                 Ok(()) => match replied.await {
-                    Ok((recorded, Some(next))) => (recorded, Next::Job(next)),
+                    Ok((recorded, Some(next))) => (recorded, Next::Job(Box::new(next))),
                     Ok((recorded, None)) => (recorded, Next::Nothing),
                     Err(_) => (Err(tlo_core::Error::Shutdown), Next::Nothing),
                 },
