@@ -41,7 +41,8 @@ impl Conn {
             .map_err(store_error)?;
         conn.pragma_update(None, "foreign_keys", "OFF")
             .map_err(store_error)?;
-        conn.pragma_update(None, "cache_size", -65_536) // 64 MiB
+        // Checkpoint less often: each one copies the WAL back into the database file.
+        conn.pragma_update(None, "wal_autocheckpoint", 4000)
             .map_err(store_error)?;
         conn.set_prepared_statement_cache_capacity(64);
         setup(&mut conn)?;

@@ -74,15 +74,14 @@ fn require(conn: &Connection, id: JobId) -> Result<Job> {
 fn save(conn: &Connection, job: &Job) -> Result<()> {
     let data = serde_json::to_string(job).map_err(json_error)?;
     conn.prepare_cached(
-        "UPDATE jobs SET state = ?2, queue = ?3, priority = ?4, eta = ?5, worker = ?6,
-             lease_until = ?7, data = ?8, finished_at = ?9 WHERE id = ?1",
+        // Queue and priority never change after insert: leaving them out spares index writes.
+        "UPDATE jobs SET state = ?2, eta = ?3, worker = ?4, lease_until = ?5, data = ?6,
+             finished_at = ?7 WHERE id = ?1",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
             job.id.0.as_bytes(),
             job.state.as_str(),
-            job.queue,
-            job.priority,
             micros(job.eta),
             job.worker,
             job.lease_until.map(micros),
