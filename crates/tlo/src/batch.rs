@@ -11,6 +11,9 @@ use crate::engine::Engine;
 /// Most runners served by one round.
 const BATCH: usize = 64;
 
+/// Rounds in flight at once: while one waits on the database, the next batch fills.
+const ROUNDS: usize = 4;
+
 /// One runner's finished attempt, waiting for its round.
 pub(crate) struct Finish {
     pub(crate) completion: Completion,
@@ -19,7 +22,11 @@ pub(crate) struct Finish {
 
 /// Serves rounds until every sender is gone.
 pub(crate) async fn batcher(engine: Arc<Engine>, mut finishes: mpsc::UnboundedReceiver<Finish>) {
+    let rounds = Arc::new(tokio::sync::Semaphore::new(ROUNDS));
     while let Some(first) = finishes.recv().await {
+        let Ok(permit) = rounds.clone().acquire_owned().await else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match finishes.try_recv() {
@@ -27,32 +34,41 @@ pub(crate) async fn batcher(engine: Arc<Engine>, mut finishes: mpsc::UnboundedRe
                 Err(_) => break,
             }
         }
-        let next = engine.plain_claim_request(batch.len());
-        let completions = batch.iter().map(|f| f.completion.clone()).collect();
-        match engine
-            .store
-            .complete_and_claim(completions, next.as_ref())
-            .await
-        {
-            Ok((results, claimed)) => {
-                engine.note_claimed(&claimed);
-                let mut claimed = claimed.into_iter();
-                for (finish, result) in batch.into_iter().zip(results) {
-                    if let Err((_, Some(job))) = finish.reply.send((result, claimed.next())) {
-                        // The runner is gone (aborted): its claimed job will be rescued when
-                        // its lease runs out.
-                        tracing::warn!(job = %job.id, "claimed job had no runner left");
-                    }
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            round(&engine, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+/// One store round for `batch`.
+async fn round(engine: &Engine, batch: Vec<Finish>) {
+    let next = engine.plain_claim_request(batch.len());
+    let completions = batch.iter().map(|f| f.completion.clone()).collect();
+    match engine
+        .store
+        .complete_and_claim(completions, next.as_ref())
+        .await
+    {
+        Ok((results, claimed)) => {
+            engine.note_claimed(&claimed);
+            let mut claimed = claimed.into_iter();
+            for (finish, result) in batch.into_iter().zip(results) {
+                if let Err((_, Some(job))) = finish.reply.send((result, claimed.next())) {
+                    // The runner is gone (aborted): its claimed job will be rescued when
+                    // its lease runs out.
+                    tracing::warn!(job = %job.id, "claimed job had no runner left");
                 }
             }
-            Err(err) => {
-                let message = err.to_string();
-                tracing::warn!(error = %message, "recording a batch of outcomes failed");
-                for finish in batch {
-                    let _ = finish
-                        .reply
-                        .send((Err(Error::store(message.clone())), None));
-                }
+        }
+        Err(err) => {
+            let message = err.to_string();
+            tracing::warn!(error = %message, "recording a batch of outcomes failed");
+            for finish in batch {
+                let _ = finish
+                    .reply
+                    .send((Err(Error::store(message.clone())), None));
             }
         }
     }
