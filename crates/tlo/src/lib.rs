@@ -26,6 +26,7 @@
 //! See `ARCHITECTURE.md` for how a job flows through the crates.
 
 mod batch;
+mod builder;
 mod context;
 mod engine;
 mod events;
@@ -57,7 +58,8 @@ pub use settings::{
 pub use shell::ShellCommand;
 pub use task::{Backoff, TaskDef, TaskOptions, TaskRef};
 pub use template::Template;
-pub use tlo::{Tlo, TloBuilder};
+pub use builder::TloBuilder;
+pub use tlo::Tlo;
 
 pub use tlo_core::{
     CancelOutcome, DateTime, Error, Job, JobFilter, JobId, JobState, Locker, LogEntry, LogLevel,

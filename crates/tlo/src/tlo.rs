@@ -9,251 +9,19 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tlo_core::{CancelOutcome, Error, Job, JobFilter, JobId, Locker, LogEntry, Result, Store};
-use tlo_memory::{MemoryLocker, MemoryStore};
+use tlo_core::{CancelOutcome, Error, Job, JobFilter, JobId, LogEntry, Result, Store};
 use tokio::task::JoinHandle;
 
-use crate::context::{Services, TaskContext};
+use crate::context::TaskContext;
 use crate::engine::{Engine, SubmitOptions};
-use crate::events::Hooks;
 use crate::handle::{JobEvents, JobHandle};
 use crate::metrics::MetricsSnapshot;
 use crate::registry::TaskRegistry;
-use crate::settings::{LockerKind, Settings, SettingsBuilder, StopBehavior, StoreKind};
+use crate::settings::{Settings, StopBehavior};
 use crate::shell::ShellCommand;
 use crate::task::{TaskOptions, TaskRef};
+use crate::builder::TloBuilder;
 use crate::{batch, maintenance, scheduler, worker};
-
-/// Builds a [`Tlo`]: settings, store, locker, services and hooks.
-#[derive(Default)]
-pub struct TloBuilder {
-    settings: SettingsBuilder,
-    store: Option<Arc<dyn Store>>,
-    locker: Option<Arc<dyn Locker>>,
-    services: Services,
-    hooks: Hooks,
-}
-
-impl fmt::Debug for TloBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TloBuilder")
-            .field("settings", &self.settings)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TloBuilder {
-    /// Explicit settings; they win over `TLO_*` variables, which win over defaults.
-    pub fn settings(mut self, settings: SettingsBuilder) -> Self {
-        self.settings = settings;
-        self
-    }
-    /// Uses this store instead of the one the settings name.
-    pub fn store(mut self, store: impl Store) -> Self {
-        self.store = Some(Arc::new(store));
-        self
-    }
-    /// Uses this shared store.
-    pub fn store_arc(mut self, store: Arc<dyn Store>) -> Self {
-        self.store = Some(store);
-        self
-    }
-    /// Uses this locker instead of the one the settings name.
-    pub fn locker(mut self, locker: impl Locker) -> Self {
-        self.locker = Some(Arc::new(locker));
-        self
-    }
-    /// Makes `service` available to handlers through [`TaskContext::service`].
-    pub fn service<T: std::any::Any + Send + Sync>(mut self, service: T) -> Self {
-        self.services.insert(service);
-        self
-    }
-    /// Called when an attempt starts.
-    pub fn on_task_started(mut self, hook: impl Fn(&Job) + Send + Sync + 'static) -> Self {
-        self.hooks.started.push(Arc::new(hook));
-        self
-    }
-    /// Called when a job ends `done`.
-    pub fn on_task_succeeded(mut self, hook: impl Fn(&Job) + Send + Sync + 'static) -> Self {
-        self.hooks.succeeded.push(Arc::new(hook));
-        self
-    }
-    /// Called when a job ends `failed`.
-    pub fn on_task_failed(mut self, hook: impl Fn(&Job) + Send + Sync + 'static) -> Self {
-        self.hooks.failed.push(Arc::new(hook));
-        self
-    }
-    /// Called when an attempt failed and another is scheduled.
-    pub fn on_task_retried(mut self, hook: impl Fn(&Job) + Send + Sync + 'static) -> Self {
-        self.hooks.retried.push(Arc::new(hook));
-        self
-    }
-    /// Called when a job ends `cancelled`.
-    pub fn on_task_cancelled(mut self, hook: impl Fn(&Job) + Send + Sync + 'static) -> Self {
-        self.hooks.cancelled.push(Arc::new(hook));
-        self
-    }
-
-    /// Resolves the settings (reading `TLO_*` variables), connects to the store they name (any
-    /// store, PostgreSQL included), and builds the orchestrator.
-    pub async fn connect(self) -> Result<Tlo> {
-        let settings = self.settings.build()?;
-        let (store, store_locker) = match self.store {
-            Some(store) => (store, None),
-            None => open_store_async(&settings).await?,
-        };
-        Self::assemble_opened(
-            settings,
-            store,
-            store_locker,
-            self.locker,
-            self.services,
-            self.hooks,
-        )
-    }
-
-    /// Resolves the settings (reading `TLO_*` variables) and builds the orchestrator. Stores
-    /// that need a network connection (PostgreSQL) are opened by [`connect`](Self::connect).
-    pub fn build(self) -> Result<Tlo> {
-        let settings = self.settings.build()?;
-        Self::assemble(settings, self.store, self.locker, self.services, self.hooks)
-    }
-
-    /// Like [`connect`](Self::connect) with an explicit environment lookup.
-    pub async fn connect_with_env(self, env: impl Fn(&str) -> Option<String>) -> Result<Tlo> {
-        let settings = self.settings.build_with_env(env)?;
-        let (store, store_locker) = match self.store {
-            Some(store) => (store, None),
-            None => open_store_async(&settings).await?,
-        };
-        Self::assemble_opened(
-            settings,
-            store,
-            store_locker,
-            self.locker,
-            self.services,
-            self.hooks,
-        )
-    }
-
-    /// Like [`build`](Self::build) with an explicit environment lookup (for tests and tools).
-    pub fn build_with_env(self, env: impl Fn(&str) -> Option<String>) -> Result<Tlo> {
-        let settings = self.settings.build_with_env(env)?;
-        Self::assemble(settings, self.store, self.locker, self.services, self.hooks)
-    }
-
-    fn assemble(
-        settings: Settings,
-        store: Option<Arc<dyn Store>>,
-        locker: Option<Arc<dyn Locker>>,
-        services: Services,
-        hooks: Hooks,
-    ) -> Result<Tlo> {
-        let (store, store_locker) = match store {
-            Some(store) => (store, None),
-            None => open_store(&settings)?,
-        };
-        Self::assemble_opened(settings, store, store_locker, locker, services, hooks)
-    }
-
-    fn assemble_opened(
-        settings: Settings,
-        store: Arc<dyn Store>,
-        store_locker: Option<Arc<dyn Locker>>,
-        locker: Option<Arc<dyn Locker>>,
-        services: Services,
-        hooks: Hooks,
-    ) -> Result<Tlo> {
-        let locker = match (locker, settings.locker) {
-            (Some(locker), _) => locker,
-            (None, LockerKind::Memory) => Arc::new(MemoryLocker::new()) as Arc<dyn Locker>,
-            (None, LockerKind::Auto | LockerKind::Store) => match store_locker {
-                Some(locker) => locker,
-                None if settings.locker == LockerKind::Store && store.is_shared() => {
-                    return Err(Error::InvalidSetting {
-                        name: "TLO_LOCKER".into(),
-                        value: "store".into(),
-                        expected: "auto or memory when the store is passed in: pass its locker with TloBuilder::locker"
-                            .into(),
-                    });
-                }
-                None => Arc::new(MemoryLocker::new()),
-            },
-        };
-        let registry = Arc::new(TaskRegistry::new());
-        let engine = Engine::new(settings, store, locker, registry, hooks, services);
-        Ok(Tlo {
-            engine: Arc::new(engine),
-            running: Arc::new(Mutex::new(None)),
-        })
-    }
-}
-
-type Opened = (Arc<dyn Store>, Option<Arc<dyn Locker>>);
-
-/// Opens the store the settings name, with its own locker when it has one.
-fn open_store(settings: &Settings) -> Result<Opened> {
-    match settings.store {
-        StoreKind::Memory => Ok((Arc::new(MemoryStore::new()), None)),
-        #[cfg(feature = "sqlite")]
-        StoreKind::Sqlite => {
-            let url = settings.database_url.as_deref().unwrap_or("tlo.db");
-            let store = tlo_sqlite::SqliteStore::open_url(url)?;
-            let locker = Arc::new(store.locker()) as Arc<dyn Locker>;
-            Ok((Arc::new(store), Some(locker)))
-        }
-        #[cfg(feature = "postgres")]
-        StoreKind::Postgres => Err(Error::InvalidSetting {
-            name: "TLO_TASK_STATE_STORE".into(),
-            value: "postgres".into(),
-            expected: "memory or sqlite with TloBuilder::build; postgres needs TloBuilder::connect().await"
-                .into(),
-        }),
-        #[allow(unreachable_patterns)]
-        other => Err(not_compiled(other)),
-    }
-}
-
-fn not_compiled(kind: StoreKind) -> Error {
-    let mut compiled = vec!["memory"];
-    if cfg!(feature = "sqlite") {
-        compiled.push("sqlite");
-    }
-    if cfg!(feature = "postgres") {
-        compiled.push("postgres");
-    }
-    Error::InvalidSetting {
-        name: "TLO_TASK_STATE_STORE".into(),
-        value: kind.to_string(),
-        expected: format!("a store compiled into this build: {}", compiled.join(", ")),
-    }
-}
-
-/// Like [`open_store`], for stores that connect over the network too.
-async fn open_store_async(settings: &Settings) -> Result<Opened> {
-    match settings.store {
-        #[cfg(feature = "postgres")]
-        StoreKind::Postgres => {
-            let url = settings
-                .database_url
-                .as_deref()
-                .ok_or_else(|| Error::InvalidSetting {
-                    name: "TLO_DATABASE_URL".into(),
-                    value: String::new(),
-                    expected: "a postgres:// URL when TLO_TASK_STATE_STORE=postgres".into(),
-                })?;
-            let options = tlo_postgres::PostgresOptions {
-                schema: settings.database_schema.clone(),
-                pool_size: (settings.concurrency + 4).min(32),
-                ..tlo_postgres::PostgresOptions::default()
-            };
-            let store = tlo_postgres::PostgresStore::connect_with(url, options).await?;
-            let locker = Arc::new(store.locker()) as Arc<dyn Locker>;
-            Ok((Arc::new(store), Some(locker)))
-        }
-        _ => open_store(settings),
-    }
-}
 
 struct Running {
     dispatcher: JoinHandle<()>,
@@ -294,6 +62,13 @@ impl fmt::Debug for Tlo {
 }
 
 impl Tlo {
+    pub(crate) fn from_engine(engine: Engine) -> Tlo {
+        Tlo {
+            engine: Arc::new(engine),
+            running: Arc::new(Mutex::new(None)),
+        }
+    }
+
     /// A builder.
     pub fn builder() -> TloBuilder {
         TloBuilder::default()

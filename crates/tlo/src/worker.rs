@@ -64,15 +64,22 @@ impl Engine {
         jobs
     }
 
-    async fn claim(&self, slots: usize) -> Vec<Job> {
-        let now = match self.stop_mode() {
-            StopMode::Running => Utc::now(),
+    /// The instant claims compare etas with, or `None` when no claim may be made (stopping).
+    fn claim_now(&self) -> Option<DateTime<Utc>> {
+        match self.stop_mode() {
+            StopMode::Running => Some(Utc::now()),
             // Drain takes what was due when it began, and jobs it put back itself.
             StopMode::Drain => match *self.drain_since.lock() {
-                Some(since) if self.drain_snoozed.lock().is_empty() => since,
-                _ => Utc::now(),
+                Some(since) if self.drain_snoozed.lock().is_empty() => Some(since),
+                _ => Some(Utc::now()),
             },
-            StopMode::Cancel | StopMode::Ignore => return Vec::new(),
+            StopMode::Cancel | StopMode::Ignore => None,
+        }
+    }
+
+    async fn claim(&self, slots: usize) -> Vec<Job> {
+        let Some(now) = self.claim_now() else {
+            return Vec::new();
         };
         let limits = &self.settings.queue_concurrency;
         // Per-queue limits need the counts and the claim to agree: claims take turns.
@@ -117,12 +124,7 @@ impl Engine {
                 *counts.entry(job.queue.clone()).or_default() += 1;
             }
         }
-        if !self.drain_snoozed.lock().is_empty() {
-            let mut snoozed = self.drain_snoozed.lock();
-            for job in &jobs {
-                snoozed.remove(&job.id);
-            }
-        }
+        self.note_claimed(&jobs);
         jobs
     }
 
@@ -132,14 +134,7 @@ impl Engine {
         if !self.settings.queue_concurrency.is_empty() {
             return None;
         }
-        let now = match self.stop_mode() {
-            StopMode::Running => Utc::now(),
-            StopMode::Drain => match *self.drain_since.lock() {
-                Some(since) if self.drain_snoozed.lock().is_empty() => since,
-                _ => Utc::now(),
-            },
-            StopMode::Cancel | StopMode::Ignore => return None,
-        };
+        let now = self.claim_now()?;
         Some(ClaimRequest {
             worker: self.worker_id.clone(),
             queues: self
