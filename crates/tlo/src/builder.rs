@@ -204,4 +204,3 @@ async fn open_store_async(settings: &Settings) -> Result<Opened> {
         _ => open_store(settings),
     }
 }
-

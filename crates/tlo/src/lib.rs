@@ -45,6 +45,7 @@ mod template;
 mod tlo;
 mod worker;
 
+pub use builder::TloBuilder;
 pub use context::{Services, TaskContext};
 pub use engine::SubmitOptions;
 pub use events::{Hooks, JobEvent, JobEventKind};
@@ -58,7 +59,6 @@ pub use settings::{
 pub use shell::ShellCommand;
 pub use task::{Backoff, TaskDef, TaskOptions, TaskRef};
 pub use template::Template;
-pub use builder::TloBuilder;
 pub use tlo::Tlo;
 
 pub use tlo_core::{

@@ -12,6 +12,7 @@ use serde_json::Value;
 use tlo_core::{CancelOutcome, Error, Job, JobFilter, JobId, LogEntry, Result, Store};
 use tokio::task::JoinHandle;
 
+use crate::builder::TloBuilder;
 use crate::context::TaskContext;
 use crate::engine::{Engine, SubmitOptions};
 use crate::handle::{JobEvents, JobHandle};
@@ -20,7 +21,6 @@ use crate::registry::TaskRegistry;
 use crate::settings::{Settings, StopBehavior};
 use crate::shell::ShellCommand;
 use crate::task::{TaskOptions, TaskRef};
-use crate::builder::TloBuilder;
 use crate::{batch, maintenance, scheduler, worker};
 
 struct Running {
