@@ -176,6 +176,15 @@ fn main() -> ExitCode {
 /// The binary's orchestrator: the file's settings, and unless the file or the environment name
 /// another store, SQLite in `tlo.db` beside the config file.
 async fn orchestrator(cli: &Cli, config: &Config) -> Result<Tlo, Failure> {
+    orchestrator_with(cli, config, |settings| settings).await
+}
+
+/// Like [`orchestrator`], with a last word on the settings.
+async fn orchestrator_with(
+    cli: &Cli,
+    config: &Config,
+    adjust: impl FnOnce(tlo::SettingsBuilder) -> tlo::SettingsBuilder,
+) -> Result<Tlo, Failure> {
     let mut settings = config.settings_builder()?;
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     let chosen = |name: &str| config.value(name).map(str::to_owned).or_else(|| env(name));
@@ -194,7 +203,7 @@ async fn orchestrator(cli: &Cli, config: &Config) -> Result<Tlo, Failure> {
             .unwrap_or(std::path::Path::new("."));
         settings = settings.database_url(dir.join("tlo.db").to_string_lossy());
     }
-    let tlo = Tlo::builder().settings(settings).connect().await?;
+    let tlo = Tlo::builder().settings(adjust(settings)).connect().await?;
     config.register(&tlo)?;
     Ok(tlo)
 }
@@ -246,8 +255,9 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Migrate => {
+            // Connecting applies the migrations, whatever TLO_MIGRATE says.
             let config = load(&cli)?;
-            let tlo = orchestrator(&cli, &config).await?;
+            let tlo = orchestrator_with(&cli, &config, |settings| settings.migrate(true)).await?;
             println!("{} store is up to date", tlo.store().name());
             Ok(())
         }

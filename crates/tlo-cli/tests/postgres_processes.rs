@@ -183,3 +183,51 @@ async fn a_worker_killed_mid_drain_loses_no_job() {
     );
     setup.store.drop_schema().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_run_at_start_unless_disabled_and_always_with_tlo_migrate() {
+    let schema = format!("tlo_test_{}_migrate", std::process::id());
+    let dir = std::env::temp_dir().join(format!("tlo-pgmp-{}-migrate", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("tlo.toml");
+    std::fs::write(&config, "[tasks.t]\ncommand = \"true\"\n").unwrap();
+    let tlo = |args: &[&str], migrate: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tlo"))
+            .arg("-c")
+            .arg(&config)
+            .args(args)
+            .env("TLO_TASK_STATE_STORE", "postgres")
+            .env("TLO_DATABASE_URL", url())
+            .env("TLO_DATABASE_SCHEMA", &schema)
+            .env("TLO_MIGRATE", migrate)
+            .output()
+            .unwrap()
+    };
+    let refused = tlo(&["jobs"], "false");
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "no tables without migrations"
+    );
+    let migrated = tlo(&["migrate"], "false");
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    assert!(tlo(&["jobs"], "false").status.success());
+    let store = PostgresStore::connect_with(
+        &url(),
+        PostgresOptions {
+            schema: schema.clone(),
+            ..PostgresOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        store.migrate().await.unwrap().is_empty(),
+        "already up to date"
+    );
+    store.drop_schema().await.unwrap();
+}

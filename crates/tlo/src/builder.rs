@@ -194,8 +194,8 @@ async fn open_store_async(settings: &Settings) -> Result<Opened> {
                 })?;
             let options = tlo_postgres::PostgresOptions {
                 schema: settings.database_schema.clone(),
+                migrate: settings.migrate,
                 pool_size: (settings.concurrency + 4).min(32),
-                ..tlo_postgres::PostgresOptions::default()
             };
             let store = tlo_postgres::PostgresStore::connect_with(url, options).await?;
             let locker = Arc::new(store.locker()) as Arc<dyn Locker>;

@@ -126,6 +126,9 @@ pub struct Settings {
     pub database_url: Option<String>,
     /// `TLO_DATABASE_SCHEMA`: the PostgreSQL schema holding tlo's tables (default `tlo`).
     pub database_schema: String,
+    /// `TLO_MIGRATE`: apply pending migrations when connecting (default true; `tlo migrate`
+    /// always does).
+    pub migrate: bool,
     /// `TLO_CONCURRENCY`: jobs running at once in this process.
     pub concurrency: usize,
     /// `TLO_QUEUE_CONCURRENCY`: per-queue caps.
@@ -167,6 +170,7 @@ impl Default for Settings {
             panic_mode: false,
             database_url: None,
             database_schema: "tlo".into(),
+            migrate: true,
             concurrency: 16,
             queue_concurrency: BTreeMap::new(),
             queues: Vec::new(),
@@ -244,6 +248,11 @@ impl Settings {
             "TLO_DATABASE_SCHEMA",
             "tlo",
             "PostgreSQL schema of tlo's tables",
+        ),
+        (
+            "TLO_MIGRATE",
+            "true",
+            "apply pending migrations when connecting",
         ),
         ("TLO_CONCURRENCY", "16", "jobs running at once"),
         (
@@ -395,6 +404,7 @@ fn apply(settings: &mut Settings, var: &str, value: &str) -> Result<()> {
         "TLO_PANIC_MODE" => settings.panic_mode = boolean(var, value)?,
         "TLO_DATABASE_URL" => settings.database_url = Some(value.trim().to_owned()),
         "TLO_DATABASE_SCHEMA" => settings.database_schema = value.trim().to_owned(),
+        "TLO_MIGRATE" => settings.migrate = boolean(var, value)?,
         "TLO_CONCURRENCY" => settings.concurrency = positive_usize(var, value)?,
         "TLO_QUEUE_CONCURRENCY" => settings.queue_concurrency = queue_caps(var, value)?,
         "TLO_QUEUES" => settings.queues = list(value),
@@ -472,6 +482,8 @@ impl SettingsBuilder {
         locker: LockerKind, "TLO_LOCKER", |s, v| s.locker = v);
     setter!(/// The PostgreSQL schema.
         database_schema: impl Into<String>, "TLO_DATABASE_SCHEMA", |s, v| s.database_schema = v.into());
+    setter!(/// Apply pending migrations when connecting.
+        migrate: bool, "TLO_MIGRATE", |s, v| s.migrate = v);
     setter!(/// The store URL.
         database_url: impl Into<String>, "TLO_DATABASE_URL", |s, v| s.database_url = Some(v.into()));
     setter!(/// The queues this worker serves.
@@ -564,6 +576,7 @@ fn copy_field(to: &mut Settings, from: &Settings, var: &str) {
         "TLO_LOCKER" => to.locker = from.locker,
         "TLO_DATABASE_URL" => to.database_url = from.database_url.clone(),
         "TLO_DATABASE_SCHEMA" => to.database_schema = from.database_schema.clone(),
+        "TLO_MIGRATE" => to.migrate = from.migrate,
         "TLO_QUEUE_CONCURRENCY" => to.queue_concurrency = from.queue_concurrency.clone(),
         "TLO_QUEUES" => to.queues = from.queues.clone(),
         "TLO_BLOCKING_THREADS" => to.blocking_threads = from.blocking_threads,
