@@ -95,6 +95,32 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// A workflow's dependencies form a cycle; `nodes` walks it, first node repeated last.
+    #[error("workflow `{workflow}` has a cycle: {}", nodes.join(" -> "))]
+    WorkflowCycle {
+        /// The workflow.
+        workflow: String,
+        /// The nodes on the cycle, in order, the first repeated at the end.
+        nodes: Vec<String>,
+    },
+    /// A workflow node depends on a node the workflow does not have.
+    #[error("workflow `{workflow}`: node `{node}` depends on missing node `{dependency}`")]
+    MissingDependency {
+        /// The workflow.
+        workflow: String,
+        /// The node with the dependency.
+        node: String,
+        /// The missing node.
+        dependency: String,
+    },
+    /// Two workflow nodes share a name.
+    #[error("workflow `{workflow}`: node `{node}` is defined twice")]
+    DuplicateNode {
+        /// The workflow.
+        workflow: String,
+        /// The duplicated name.
+        node: String,
+    },
     /// A job ended in `failed`; carries its last error.
     #[error("job {job} failed: {error}")]
     JobFailed {

@@ -44,6 +44,7 @@ mod template;
 #[allow(clippy::module_inception)]
 mod tlo;
 mod worker;
+mod workflow;
 
 pub use builder::TloBuilder;
 pub use context::{Services, TaskContext};
@@ -60,6 +61,7 @@ pub use shell::ShellCommand;
 pub use task::{Backoff, TaskDef, TaskOptions, TaskRef};
 pub use template::Template;
 pub use tlo::Tlo;
+pub use workflow::{Node, TriggerRule, Workflow, WorkflowBuilder};
 
 pub use tlo_core::{
     CancelOutcome, DateTime, Error, Job, JobFilter, JobId, JobState, Locker, LogEntry, LogLevel,
