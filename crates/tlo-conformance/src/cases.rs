@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Map, json};
+use tlo_core::transition::Change;
 use tlo_core::{
     CancelOutcome, ClaimRequest, Completion, Error, JobFilter, JobId, JobState, LogEntry, LogLevel,
     NewJob, Outcome, Progress, QueueDemand, Store,
@@ -744,4 +745,45 @@ pub async fn complete_and_claim_in_one_round<S: Store>(store: Arc<S>) {
     );
     let (results, claimed) = store.complete_and_claim(Vec::new(), None).await.unwrap();
     assert!(results.is_empty() && claimed.is_empty());
+}
+
+/// A waiting job is released (new arguments, due now) or skipped; a running one is neither.
+pub async fn waiting_jobs_are_released_or_skipped<S: Store>(store: Arc<S>) {
+    let mut waiting = job("t");
+    waiting.eta = Utc::now() + TimeDelta::days(365);
+    let mut other = waiting.clone();
+    other.id = JobId::new();
+    other.root = other.id;
+    let ids = put(&*store, vec![waiting, other, job("t")]).await;
+    let now = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap();
+    let release = Change::Release {
+        args: json!({"upstream": {"a": 1}}),
+        eta: now,
+    };
+    let released = store.change(ids[0], release.clone()).await.unwrap();
+    assert_eq!((released.state, released.eta), (JobState::Scheduled, now));
+    let skip = Change::Skip {
+        error: "UPSTREAM_FAILED".into(),
+    };
+    let skipped = store.change(ids[1], skip.clone()).await.unwrap();
+    assert_eq!(skipped.state, JobState::Skipped);
+    assert_eq!(skipped.error.as_deref(), Some("UPSTREAM_FAILED"));
+    let claimed = claim(&*store, 5).await;
+    let released = claimed
+        .iter()
+        .find(|j| j.id == ids[0])
+        .expect("released job is due");
+    assert_eq!(released.args, json!({"upstream": {"a": 1}}));
+    assert!(
+        claimed.iter().all(|j| j.id != ids[1]),
+        "skipped jobs never run"
+    );
+    assert!(matches!(
+        store.change(ids[2], skip).await,
+        Err(Error::IllegalTransition { .. })
+    ));
+    assert!(matches!(
+        store.change(ids[1], release).await,
+        Err(Error::IllegalTransition { .. })
+    ));
 }

@@ -59,6 +59,7 @@ macro_rules! store_conformance {
             relaunch_runs_an_ended_job_again,
             prune_removes_only_old_ended_jobs,
             complete_and_claim_in_one_round,
+            waiting_jobs_are_released_or_skipped,
             unknown_job_is_none
         );
     };

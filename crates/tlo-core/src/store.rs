@@ -143,6 +143,9 @@ pub trait Store: Send + Sync + 'static {
     /// one becomes `cancel_requested`. Of several concurrent requests exactly one succeeds.
     async fn request_cancel(&self, id: JobId) -> Result<CancelOutcome>;
 
+    /// Releases or skips a job waiting in `scheduled` (see [`crate::transition::apply_change`]).
+    async fn change(&self, id: JobId, change: crate::transition::Change) -> Result<Job>;
+
     /// Runs an ended job again at `eta` (see [`crate::transition::apply_relaunch`]).
     async fn relaunch(&self, id: JobId, eta: DateTime<Utc>) -> Result<Job>;
 

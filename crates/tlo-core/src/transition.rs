@@ -195,6 +195,47 @@ pub fn apply_relaunch(job: &mut Job, eta: DateTime<Utc>) -> Result<()> {
     Ok(())
 }
 
+/// A change to a job that waits in `scheduled` (a workflow node waiting for its dependencies).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Make it due at `eta` with these arguments.
+    Release {
+        /// The arguments it runs with.
+        args: serde_json::Value,
+        /// When it becomes due.
+        eta: DateTime<Utc>,
+    },
+    /// It will never run: `scheduled -> skipped` with this error.
+    Skip {
+        /// Why, e.g. `UPSTREAM_FAILED`.
+        error: String,
+    },
+}
+
+/// Applies a [`Change`]; only a `scheduled` job can be released or skipped.
+pub fn apply_change(job: &mut Job, change: &Change, now: DateTime<Utc>) -> Result<()> {
+    match change {
+        Change::Release { args, eta } => {
+            if job.state != JobState::Scheduled {
+                return Err(Error::IllegalTransition {
+                    job: job.id,
+                    from: job.state,
+                    to: JobState::Scheduled,
+                });
+            }
+            job.args = args.clone();
+            job.eta = *eta;
+        }
+        Change::Skip { error } => {
+            job.state.check_transition(job.id, JobState::Skipped)?;
+            job.state = JobState::Skipped;
+            job.error = Some(error.clone());
+            job.finished_at = Some(now);
+        }
+    }
+    Ok(())
+}
+
 /// Refuses pruning of anything but an end state.
 pub fn check_prunable(state: JobState) -> Result<()> {
     if state.is_end() {

@@ -5,8 +5,8 @@ use std::collections::{BinaryHeap, HashMap};
 
 use parking_lot::Mutex;
 use tlo_core::transition::{
-    apply_acknowledge_cancel, apply_cancel_request, apply_claim, apply_completion, apply_progress,
-    apply_relaunch, apply_rescue, check_prunable,
+    Change, apply_acknowledge_cancel, apply_cancel_request, apply_change, apply_claim,
+    apply_completion, apply_progress, apply_relaunch, apply_rescue, check_prunable,
 };
 use tlo_core::{
     CancelOutcome, ClaimRequest, Completion, DateTime, Enqueued, Error, Job, JobFilter, JobId,
@@ -305,6 +305,16 @@ impl Store for MemoryStore {
         let mut inner = self.inner.lock();
         let job = inner.job_mut(id)?;
         apply_cancel_request(job, Utc::now())
+    }
+
+    async fn change(&self, id: JobId, change: Change) -> Result<Job> {
+        let now = Utc::now();
+        let mut inner = self.inner.lock();
+        let job = inner.job_mut(id)?;
+        apply_change(job, &change, now)?;
+        let job = job.clone();
+        inner.index(id, micros(now));
+        Ok(job)
     }
 
     async fn relaunch(&self, id: JobId, eta: DateTime<Utc>) -> Result<Job> {

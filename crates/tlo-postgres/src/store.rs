@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use deadpool_postgres::{Object, Pool};
 use tlo_core::transition::{
-    apply_acknowledge_cancel, apply_cancel_request, apply_claim, apply_completion, apply_progress,
-    apply_relaunch, apply_rescue, check_prunable,
+    Change, apply_acknowledge_cancel, apply_cancel_request, apply_change, apply_claim,
+    apply_completion, apply_progress, apply_relaunch, apply_rescue, check_prunable,
 };
 use tlo_core::{
     CancelOutcome, ClaimRequest, Completion, DateTime, Enqueued, Error, Job, JobFilter, JobId,
@@ -467,6 +467,12 @@ impl Store for PostgresStore {
     async fn complete(&self, completion: Completion) -> Result<Job> {
         let id = completion.id;
         self.modify(id, |job| apply_completion(job, &completion))
+            .await
+            .map(|(_, job)| job)
+    }
+
+    async fn change(&self, id: JobId, change: Change) -> Result<Job> {
+        self.modify(id, |job| apply_change(job, &change, Utc::now()))
             .await
             .map(|(_, job)| job)
     }

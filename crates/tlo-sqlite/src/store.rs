@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use tlo_core::transition::{
-    apply_acknowledge_cancel, apply_cancel_request, apply_claim, apply_completion, apply_progress,
-    apply_relaunch, apply_rescue, check_prunable,
+    Change, apply_acknowledge_cancel, apply_cancel_request, apply_change, apply_claim,
+    apply_completion, apply_progress, apply_relaunch, apply_rescue, check_prunable,
 };
 use tlo_core::{
     CancelOutcome, ClaimRequest, Completion, DateTime, Enqueued, Error, Job, JobFilter, JobId,
@@ -315,6 +315,17 @@ impl Store for SqliteStore {
                 let outcome = apply_cancel_request(&mut job, Utc::now())?;
                 save(conn, &job)?;
                 Ok(outcome)
+            })
+            .await
+    }
+
+    async fn change(&self, id: JobId, change: Change) -> Result<Job> {
+        self.conn
+            .call(move |conn| {
+                let mut job = require(conn, id)?;
+                apply_change(&mut job, &change, Utc::now())?;
+                save(conn, &job)?;
+                Ok(job)
             })
             .await
     }
