@@ -135,6 +135,8 @@ pub(crate) struct Engine {
     pub(crate) drain_since: Mutex<Option<DateTime<Utc>>>,
     /// Claims take turns when per-queue limits are set.
     pub(crate) claim_turn: tokio::sync::Mutex<()>,
+    /// Registered workflows, by name.
+    pub(crate) workflows: RwLock<HashMap<String, Arc<crate::workflow::Workflow>>>,
     /// Batched rounds of completions and claims, for shared stores while running.
     pub(crate) batcher: Mutex<Option<tokio::sync::mpsc::UnboundedSender<crate::batch::Finish>>>,
     /// Jobs put back by exclusivity during a drain: the drain waits for them too.
@@ -184,6 +186,7 @@ impl Engine {
             drain_since: Mutex::new(None),
             claim_turn: tokio::sync::Mutex::new(()),
             batcher: Mutex::new(None),
+            workflows: RwLock::new(HashMap::new()),
             drain_snoozed: Mutex::new(HashSet::new()),
             stop: watch::channel(None).0,
         }

@@ -45,6 +45,7 @@ mod template;
 mod tlo;
 mod worker;
 mod workflow;
+mod workflow_run;
 
 pub use builder::TloBuilder;
 pub use context::{Services, TaskContext};
@@ -58,10 +59,14 @@ pub use settings::{
     LockerKind, QueueKind, RegistryKind, Settings, SettingsBuilder, StopBehavior, StoreKind,
 };
 pub use shell::ShellCommand;
-pub use task::{Backoff, TaskDef, TaskOptions, TaskRef};
+pub use task::{Backoff, Fatal, TaskDef, TaskOptions, TaskRef};
 pub use template::Template;
 pub use tlo::Tlo;
 pub use workflow::{Node, TriggerRule, Workflow, WorkflowBuilder};
+pub use workflow_run::{
+    COORDINATOR_TASK, NodeReport, RunOptions, TRIGGER_NOT_MET, UPSTREAM_FAILED, WorkflowReport,
+    WorkflowRun,
+};
 
 pub use tlo_core::{
     CancelOutcome, DateTime, Error, Job, JobFilter, JobId, JobState, Locker, LogEntry, LogLevel,

@@ -103,7 +103,7 @@ async fn run_job(engine: &Arc<Engine>, mut job: Job) -> Next {
     let outcome = match result {
         Ok(value) => Outcome::Done(value),
         Err(HandlerError::Cancelled) => Outcome::Cancelled,
-        Err(HandlerError::Forced(error)) => Outcome::Failed {
+        Err(HandlerError::Forced(error) | HandlerError::Fatal(error)) => Outcome::Failed {
             error,
             retry_at: None,
         },
@@ -200,7 +200,14 @@ async fn execute(
             (Box::pin(fut), grace + Duration::from_secs(1))
         }
     };
-    let timeout = def.options.timeout;
+    // A workflow node may override its task's timeout.
+    let timeout = ctx
+        .job()
+        .metadata
+        .get(crate::workflow_run::TIMEOUT_KEY)
+        .and_then(serde_json::Value::as_u64)
+        .map(Duration::from_millis)
+        .or(def.options.timeout);
     let cancel = ctx.inner.cancel.clone();
     let forced = async {
         cancel.cancelled().await;

@@ -217,11 +217,47 @@ impl TaskOptions {
     }
 }
 
+/// An error that fails the job at once, whatever attempts remain (River's `JobCancel`, Oban's
+/// `{:cancel, reason}`): for inputs that will never work.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let tlo = tlo::Tlo::builder().build()?;
+/// let parse = tlo.register("parse", tlo::TaskOptions::new().max_attempts(5), |_ctx, text: String| async move {
+///     text.parse::<i64>().map_err(|err| tlo::Fatal(format!("not a number: {err}")))
+/// })?;
+/// tlo.start()?;
+/// let job = tlo.submit(&parse, "x".into()).await?.wait().await?;
+/// assert_eq!((job.state, job.attempt), (tlo::JobState::Failed, 1));
+/// # tlo.stop().await?;
+/// # Ok::<(), tlo::Error>(()) }).unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fatal(pub String);
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
+/// Turns a handler's error into how the attempt failed.
+fn failure<E: fmt::Display + 'static>(err: E) -> HandlerError {
+    match (&err as &dyn std::any::Any).downcast_ref::<Fatal>() {
+        Some(fatal) => HandlerError::Fatal(fatal.0.clone()),
+        None => HandlerError::Failed(err.to_string()),
+    }
+}
+
 /// Why a handler did not produce a result.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum HandlerError {
     /// The handler returned an error (or panicked).
     Failed(String),
+    /// The handler returned [`Fatal`]: no retry.
+    Fatal(String),
     /// The handler stopped because of a cancel.
     Cancelled,
     /// The handler did not stop within the grace period and was forced.
@@ -362,7 +398,7 @@ where
             match fut.await {
                 Ok(output) => serialize_output(output),
                 Err(_) if ctx.is_cancel_requested() => Err(HandlerError::Cancelled),
-                Err(err) => Err(HandlerError::Failed(err.to_string())),
+                Err(err) => Err(failure(err)),
             }
         })
     }))
@@ -380,7 +416,7 @@ where
         match f(ctx.clone(), args) {
             Ok(output) => serialize_output(output),
             Err(_) if ctx.is_cancel_requested() => Err(HandlerError::Cancelled),
-            Err(err) => Err(HandlerError::Failed(err.to_string())),
+            Err(err) => Err(failure(err)),
         }
     }))
 }

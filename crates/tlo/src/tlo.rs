@@ -21,6 +21,8 @@ use crate::registry::TaskRegistry;
 use crate::settings::{Settings, StopBehavior};
 use crate::shell::ShellCommand;
 use crate::task::{TaskOptions, TaskRef};
+use crate::workflow::Workflow;
+use crate::workflow_run::{self, RunOptions, WorkflowRun};
 use crate::{batch, maintenance, scheduler, worker};
 
 struct Running {
@@ -151,6 +153,50 @@ impl Tlo {
     ) -> Result<TaskRef<Value, Value>> {
         self.learn(&options);
         self.engine.registry.register_shell(name, options, command)
+    }
+
+    /// Registers a workflow; its nodes' tasks must be registered before it runs.
+    pub fn register_workflow(&self, workflow: Workflow) -> Result<()> {
+        workflow_run::ensure_coordinator(&self.engine)?;
+        let mut workflows = self.engine.workflows.write();
+        if workflows.contains_key(workflow.name()) {
+            return Err(Error::DuplicateTask(format!(
+                "workflow {}",
+                workflow.name()
+            )));
+        }
+        workflows.insert(workflow.name().to_owned(), Arc::new(workflow));
+        Ok(())
+    }
+
+    /// The registered workflow `name`.
+    pub fn workflow(&self, name: &str) -> Option<Arc<Workflow>> {
+        self.engine.workflows.read().get(name).cloned()
+    }
+
+    /// Starts a run of workflow `name` with `input` (available to the coordinator and report).
+    pub async fn run_workflow(&self, name: &str, input: Value) -> Result<WorkflowRun> {
+        self.run_workflow_with(name, input, RunOptions::default())
+            .await
+    }
+
+    /// Starts a run with options (a parallelism limit).
+    pub async fn run_workflow_with(
+        &self,
+        name: &str,
+        input: Value,
+        options: RunOptions,
+    ) -> Result<WorkflowRun> {
+        let workflow = self
+            .workflow(name)
+            .ok_or_else(|| Error::UnknownTask(format!("workflow {name}")))?;
+        let id = workflow_run::start(&self.engine, &workflow, input, options).await?;
+        Ok(WorkflowRun::new(self.engine.clone(), id))
+    }
+
+    /// A handle on an existing run.
+    pub fn workflow_run(&self, id: JobId) -> WorkflowRun {
+        WorkflowRun::new(self.engine.clone(), id)
     }
 
     /// Submits a job of a typed task with default options.
