@@ -222,3 +222,80 @@ pub(crate) async fn retry(tlo: &Tlo, id: &str) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `tlo workflow run`: starts a run; with `wait`, prints each node's state changes as they
+/// happen, then the report, and returns the exit code of the run's end.
+pub(crate) async fn workflow_run(
+    tlo: &Tlo,
+    name: &str,
+    input: Option<&str>,
+    parallelism: Option<usize>,
+    wait: bool,
+) -> anyhow::Result<u8> {
+    let input = match input {
+        Some(text) => {
+            serde_json::from_str(text).with_context(|| format!("--input is not JSON: {text}"))?
+        }
+        None => serde_json::json!({}),
+    };
+    let run = tlo
+        .run_workflow_with(name, input, tlo::RunOptions { parallelism })
+        .await?;
+    println!("{}", run.id());
+    if !wait {
+        return Ok(0);
+    }
+    let mut seen: std::collections::HashMap<String, JobState> = Default::default();
+    loop {
+        let report = run.report().await?;
+        for node in &report.nodes {
+            if seen.get(&node.name) != Some(&node.state) {
+                seen.insert(node.name.clone(), node.state);
+                eprintln!("{:<20} {}", node.name, node.state);
+            }
+        }
+        if report.state.is_end() {
+            print_report(&report);
+            return Ok(exit_code(report.state));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn print_report(report: &tlo::WorkflowReport) {
+    println!(
+        "workflow {} run {}: {} in {}",
+        report.workflow,
+        report.run,
+        report.state,
+        report.duration_s.map_or("-".into(), |d| format!("{d:.3}s"))
+    );
+    if let Some(error) = &report.error {
+        println!("error: {error}");
+    }
+    println!(
+        "{:<20} {:<10} {:>7} {:>9}  RESULT / ERROR",
+        "NODE", "STATE", "ATTEMPT", "SECONDS"
+    );
+    for node in &report.nodes {
+        let outcome = match (&node.result, &node.error) {
+            (_, Some(error)) => error.clone(),
+            (Some(result), None) => result.to_string(),
+            (None, None) => String::new(),
+        };
+        println!(
+            "{:<20} {:<10} {:>7} {:>9}  {outcome}",
+            node.name,
+            node.state.as_str(),
+            node.attempts,
+            node.duration_s.map_or("-".into(), |d| format!("{d:.3}"))
+        );
+    }
+}
+
+/// `tlo workflow report`.
+pub(crate) async fn workflow_report(tlo: &Tlo, id: &str) -> anyhow::Result<()> {
+    let report = tlo.workflow_run(parse_id(id)?).report().await?;
+    print_report(&report);
+    Ok(())
+}

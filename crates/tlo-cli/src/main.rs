@@ -86,6 +86,17 @@ enum Command {
         /// The job id.
         id: String,
     },
+    /// Show a workflow's DAG, as text or Graphviz DOT.
+    Dag {
+        /// The workflow name.
+        name: String,
+        /// Print Graphviz DOT instead of text.
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Run workflows and read their reports.
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
     /// List the tasks the config file defines.
     ListTasks,
     /// Validate the config file; print every problem with its line.
@@ -111,6 +122,29 @@ enum Command {
             default_value = "postgres://postgres@127.0.0.1:5432/test"
         )]
         database_url: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkflowCommand {
+    /// Start a run of a workflow of the config file.
+    Run {
+        /// The workflow name.
+        name: String,
+        /// JSON input of the run.
+        #[arg(long)]
+        input: Option<String>,
+        /// At most this many nodes at once (default: the workflow's `parallelism`).
+        #[arg(long)]
+        parallelism: Option<usize>,
+        /// Follow the run, node by node, to its end; the exit code says how it ended.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Print a run's report: each node's state, attempts, times, result or error.
+    Report {
+        /// The run id.
+        id: String,
     },
 }
 
@@ -225,6 +259,14 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
         }
         Command::ListTasks => {
             let config = load(&cli)?;
+            for workflow in &config.workflows {
+                println!(
+                    "{}\tworkflow\t{} nodes\t{}",
+                    workflow.workflow.name(),
+                    workflow.workflow.nodes().len(),
+                    workflow.description.as_deref().unwrap_or("")
+                );
+            }
             for task in &config.tasks {
                 let schedule = task.schedule_description.as_deref().unwrap_or("-");
                 let queue = task.options.queue.as_deref().unwrap_or("default");
@@ -310,6 +352,48 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Retry { ref id } => {
             let tlo = orchestrator(&cli, &load(&cli)?).await?;
             Ok(commands::retry(&tlo, id).await?)
+        }
+        Command::Dag { ref name, dot } => {
+            let config = load(&cli)?;
+            let workflow = config.workflow(name).ok_or_else(|| {
+                anyhow::anyhow!("no workflow `{name}` in {}", cli.config.display())
+            })?;
+            if dot {
+                print!("{}", workflow.workflow.to_dot());
+            } else {
+                if let Some(description) = &workflow.description {
+                    println!("{description}");
+                }
+                print!("{}", workflow.workflow.render_text());
+            }
+            Ok(())
+        }
+        Command::Workflow(WorkflowCommand::Run {
+            ref name,
+            ref input,
+            parallelism,
+            wait,
+        }) => {
+            let config = load(&cli)?;
+            let default_parallelism = config.workflow(name).and_then(|w| w.parallelism);
+            let tlo = orchestrator(&cli, &config).await?;
+            let code = commands::workflow_run(
+                &tlo,
+                name,
+                input.as_deref(),
+                parallelism.or(default_parallelism),
+                wait,
+            )
+            .await?;
+            if code == 0 {
+                Ok(())
+            } else {
+                Err(Failure::Exit(code))
+            }
+        }
+        Command::Workflow(WorkflowCommand::Report { ref id }) => {
+            let tlo = orchestrator(&cli, &load(&cli)?).await?;
+            Ok(commands::workflow_report(&tlo, id).await?)
         }
         Command::Bench {
             store,

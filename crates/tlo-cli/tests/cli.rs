@@ -290,3 +290,82 @@ fn unreachable_store_is_named() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn dag_renders_the_example_workflow_as_text_and_dot() {
+    let out = run(tlo().arg("-c").arg(example()).args(["dag", "nightly"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("workflow nightly (4 nodes)"), "{stdout}");
+    assert!(
+        stdout.contains("publish [nightly.publish] <- build, check"),
+        "{stdout}"
+    );
+    let dot = text(
+        &run(tlo()
+            .arg("-c")
+            .arg(example())
+            .args(["dag", "nightly", "--dot"]))
+        .stdout,
+    );
+    assert!(dot.contains("\"prepare\" -> \"build\";"), "{dot}");
+}
+
+#[test]
+fn check_names_workflow_cycles_unknown_tasks_and_bad_nodes_with_their_lines() {
+    let dir = scratch("badflow");
+    let config = dir.join("tlo.toml");
+    std::fs::write(
+        &config,
+        "[tasks.t]\ncommand = \"true\"\n\n\
+         [workflows.loop.nodes.a]\ntask = \"t\"\nafter = [\"b\"]\n\n\
+         [workflows.loop.nodes.b]\ntask = \"t\"\nafter = [\"a\"]\n\n\
+         [workflows.ghost.nodes.x]\ntask = \"nope\"\n\n\
+         [workflows.both.nodes.y]\ntask = \"t\"\ncommand = \"true\"\n",
+    )
+    .unwrap();
+    let out = run(tlo().arg("-c").arg(&config).arg("check"));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    for needle in [
+        "has a cycle: a -> b -> a",
+        "names task `nope`",
+        "tlo.toml:12:",
+        "has both `task` and `command`",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn a_workflow_runs_from_a_second_terminal_and_reports_its_nodes() {
+    let dir = scratch("workflow-run");
+    let config = dir.join("tlo.toml");
+    std::fs::write(
+        &config,
+        "[settings]\npoll_interval_ms = 50\n\n\
+         [workflows.ok.nodes.first]\ncommand = \"echo one\"\n\
+         [workflows.ok.nodes.second]\ncommand = \"echo two\"\nafter = [\"first\"]\n\n\
+         [workflows.bad.nodes.first]\ncommand = \"exit 4\"\n\
+         [workflows.bad.nodes.second]\ncommand = \"echo never\"\nafter = [\"first\"]\n",
+    )
+    .unwrap();
+    let _run = start_run(&config);
+    let cli = |args: &[&str]| run(tlo().arg("-c").arg(&config).args(args));
+    let out = cli(&["workflow", "run", "ok", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains(": done"), "{stdout}");
+    let run_id = stdout.lines().next().unwrap().to_string();
+    let report = text(&cli(&["workflow", "report", &run_id]).stdout);
+    assert!(
+        report.contains("second") && report.contains("done"),
+        "{report}"
+    );
+
+    let out = cli(&["workflow", "run", "bad", "--wait"]);
+    assert_eq!(out.status.code(), Some(3), "a failed run exits 3");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("UPSTREAM_FAILED"), "{stdout}");
+    assert!(stdout.contains("command exited with code 4"), "{stdout}");
+}

@@ -17,6 +17,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod workflows;
+
+pub(crate) use workflows::WorkflowConfig;
+
 use serde_json::{Map, Value};
 use tlo::{
     Backoff, MisfirePolicy, Schedule, Settings, SettingsBuilder, ShellCommand, TaskOptions,
@@ -60,6 +64,8 @@ pub(crate) struct Config {
     pub(crate) settings: Vec<(String, String, usize)>,
     /// `[tasks.*]` tables in file order.
     pub(crate) tasks: Vec<TaskConfig>,
+    /// `[workflows.*]` tables in file order.
+    pub(crate) workflows: Vec<WorkflowConfig>,
 }
 
 impl fmt::Debug for Config {
@@ -183,6 +189,7 @@ impl Config {
         };
         let mut settings = Vec::new();
         let mut tasks = Vec::new();
+        let mut workflows = Vec::new();
         for (key, value) in entries(document.get_ref()) {
             match key_str(key) {
                 "settings" => {
@@ -199,10 +206,35 @@ impl Config {
                         }
                     }
                 }
+                "workflows" => {
+                    if let Some(table) = checker.table(value, "`workflows`") {
+                        for (name, workflow) in entries(table) {
+                            if let Some(workflow) = checker.workflow(name, workflow) {
+                                workflows.push(workflow);
+                            }
+                        }
+                    }
+                }
                 other => checker.error(
                     key.span(),
-                    format!("unknown top-level table `{other}` (expected settings or tasks)"),
+                    format!(
+                        "unknown top-level table `{other}` (expected settings, tasks or workflows)"
+                    ),
                 ),
+            }
+        }
+        for workflow in &workflows {
+            for (task, line, column) in &workflow.task_refs {
+                if !tasks.iter().any(|t: &TaskConfig| &t.name == task) {
+                    checker.errors.push(ConfigError {
+                        line: *line,
+                        column: *column,
+                        message: format!(
+                            "workflow `{}` names task `{task}`, which no [tasks.{task}] defines",
+                            workflow.workflow.name()
+                        ),
+                    });
+                }
             }
         }
         if checker.errors.is_empty() {
@@ -210,6 +242,7 @@ impl Config {
                 path: path.map(Path::to_path_buf),
                 settings,
                 tasks,
+                workflows,
             })
         } else {
             Err(checker.into_errors(label))
@@ -255,8 +288,14 @@ impl Config {
             .map(|(_, value, _)| value.as_str())
     }
 
-    /// Registers every task on `tlo` as a shell task.
+    /// Registers every task on `tlo` as a shell task, then every workflow (with the shell tasks
+    /// of its inline `command` nodes).
     pub(crate) fn register(&self, tlo: &Tlo) -> tlo::Result<()> {
+        for workflow in &self.workflows {
+            for (name, command) in &workflow.inline_tasks {
+                tlo.register_shell(name, TaskOptions::new(), command.clone())?;
+            }
+        }
         for task in &self.tasks {
             tlo.register_shell(&task.name, task.options.clone(), task.command.clone())?;
             tracing::debug!(
@@ -267,7 +306,15 @@ impl Config {
                 "registered task"
             );
         }
+        for workflow in &self.workflows {
+            tlo.register_workflow(workflow.workflow.clone())?;
+        }
         Ok(())
+    }
+
+    /// The workflow `name`.
+    pub(crate) fn workflow(&self, name: &str) -> Option<&WorkflowConfig> {
+        self.workflows.iter().find(|w| w.workflow.name() == name)
     }
 }
 
@@ -1260,7 +1307,7 @@ retry_wait = 3
 
     #[test]
     fn example_file_parses() {
-        let config = parse(include_str!("../../../examples/tlo.toml"));
+        let config = parse(include_str!("../../../../examples/tlo.toml"));
         let names: Vec<&str> = config.tasks.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(
             names,
