@@ -159,3 +159,62 @@ async fn a_worker_killed_mid_drain_loses_no_job() {
         "only rescued jobs ran twice ({repeats} > {rescued})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_run_survives_its_worker_being_killed() {
+    let dir = scratch("workflow-kill");
+    let out = dir.join("nodes.txt");
+    let config = dir.join("tlo.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[workflows.w.nodes.first]\ncommand = \"echo first >> {out}\"\n\n\
+             [workflows.w.nodes.slow]\ncommand = \"sleep 2; echo slow >> {out}\"\nafter = [\"first\"]\nmax_attempts = 3\n\n\
+             [workflows.w.nodes.last]\ncommand = \"echo last >> {out}\"\nafter = [\"slow\"]\n",
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    let mut victim = worker(&config, "victim");
+    let submit = Command::new(env!("CARGO_BIN_EXE_tlo"))
+        .arg("-c")
+        .arg(&config)
+        .args(["workflow", "run", "w"])
+        .output()
+        .unwrap();
+    assert!(
+        submit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submit.stderr)
+    );
+    let run = String::from_utf8_lossy(&submit.stdout).trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&out)
+        .unwrap_or_default()
+        .contains("first")
+    {
+        assert!(Instant::now() < deadline, "the first node never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // `slow` is running now
+    victim.0.kill().unwrap();
+    victim.0.wait().unwrap();
+    let _survivor = worker(&config, "survivor");
+    let store = tlo::SqliteStore::open(dir.join("tlo.db")).unwrap();
+    let id: tlo::JobId = run.parse().unwrap();
+    loop {
+        let job = store.get(id).await.unwrap().unwrap();
+        if job.state.is_end() {
+            assert_eq!(job.state, JobState::Done, "{:?}", job.error);
+            assert!(job.attempts.len() >= 2, "the coordinator was rescued");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(20),
+            "run never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lines = std::fs::read_to_string(&out).unwrap();
+    assert!(lines.ends_with("slow\nlast\n"), "{lines}");
+}

@@ -27,10 +27,29 @@ pub(crate) fn store_error(err: impl std::fmt::Display) -> Error {
 
 impl Conn {
     /// Opens `path` (WAL, busy timeout), runs `setup` on it, and starts the thread.
-    pub(crate) fn open(
-        path: &Path,
-        setup: impl FnOnce(&mut Connection) -> Result<()>,
-    ) -> Result<Conn> {
+    pub(crate) fn open(path: &Path, setup: impl Fn(&mut Connection) -> Result<()>) -> Result<Conn> {
+        // Two processes creating the same file at once: switching a new database to WAL can be
+        // refused without waiting ("database is locked"); try again for a while.
+        let mut tries = 0;
+        let conn = loop {
+            match Self::prepare(path, &setup) {
+                Ok(conn) => break conn,
+                Err(err) if tries < 100 && err.to_string().contains("locked") => {
+                    tries += 1;
+                    thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(err) => return Err(err),
+            }
+        };
+        let (calls, queue) = mpsc::channel::<Call>();
+        thread::Builder::new()
+            .name("tlo-sqlite".into())
+            .spawn(move || serve(conn, queue))
+            .map_err(Error::Io)?;
+        Ok(Conn { calls })
+    }
+
+    fn prepare(path: &Path, setup: &impl Fn(&mut Connection) -> Result<()>) -> Result<Connection> {
         let mut conn = Connection::open(path)
             .map_err(|err| store_error(format!("cannot open {}: {err}", path.display())))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
@@ -46,12 +65,7 @@ impl Conn {
             .map_err(store_error)?;
         conn.set_prepared_statement_cache_capacity(64);
         setup(&mut conn)?;
-        let (calls, queue) = mpsc::channel::<Call>();
-        thread::Builder::new()
-            .name("tlo-sqlite".into())
-            .spawn(move || serve(conn, queue))
-            .map_err(Error::Io)?;
-        Ok(Conn { calls })
+        Ok(conn)
     }
 
     /// Runs `f` on the connection thread inside the current batch's transaction.
