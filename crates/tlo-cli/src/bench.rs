@@ -27,6 +27,9 @@ pub(crate) enum Workload {
     Drain,
     /// 200 single jobs 20 ms apart: time from submit to handler start.
     Latency,
+    /// One run of an N-node layered DAG of no-op tasks (each node after up to 3 nodes of the
+    /// previous layer): overhead per node.
+    Dag,
 }
 
 /// One measurement, printed as a JSON line.
@@ -43,6 +46,8 @@ pub(crate) struct Measurement {
     jobs_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     insert_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    per_node_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     p50_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -222,4 +227,55 @@ fn round(x: f64) -> f64 {
 
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+/// Runs one layered DAG of `n` no-op nodes and reports the time per node.
+pub(crate) async fn dag(
+    target: &Target,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Measurement> {
+    if n == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    let store = target.store;
+    let (tlo, pg) = orchestrator(target, concurrency, |_| {}).await?;
+    tlo.register(
+        "noop",
+        TaskOptions::new(),
+        |_ctx, _: serde_json::Value| async { Ok::<_, String>(()) },
+    )?;
+    let width = ((n as f64).sqrt().ceil() as usize).max(1);
+    let mut builder = tlo::Workflow::builder("bench");
+    for i in 0..n {
+        let (layer, pos) = (i / width, i % width);
+        let mut node = tlo::Node::new(format!("n{i}"), "noop");
+        if layer > 0 {
+            let previous = (layer - 1) * width;
+            let deps: std::collections::BTreeSet<usize> =
+                (0..3).map(|k| previous + (pos + k) % width).collect();
+            node = node.after(deps.into_iter().map(|d| format!("n{d}")));
+        }
+        builder = builder.node(node);
+    }
+    tlo.register_workflow(builder.build()?)?;
+    tlo.start()?;
+    let started = Instant::now();
+    let report = tlo
+        .run_workflow("bench", serde_json::json!({}))
+        .await?
+        .wait()
+        .await?;
+    let secs = started.elapsed().as_secs_f64();
+    tlo.stop().await?;
+    if let Some(pg) = pg {
+        pg.drop_schema().await?;
+    }
+    if report.state != tlo::JobState::Done {
+        bail!("the DAG run ended {}: {:?}", report.state, report.error);
+    }
+    let mut m = base(store, "dag", n, concurrency);
+    m.per_node_us = Some(round3(secs * 1e6 / n as f64));
+    m.jobs_per_s = Some(round(n as f64 / secs));
+    Ok(m)
 }

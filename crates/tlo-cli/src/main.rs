@@ -109,9 +109,13 @@ enum Command {
         /// What to measure.
         #[arg(long, value_enum, default_value = "drain")]
         workload: Workload,
-        /// Jobs to run (default: 100000 for drain, 200 for latency).
+        /// Jobs to run (default: 100000 for drain in memory, 20000 on durable stores, 200 for
+        /// latency).
         #[arg(long)]
         jobs: Option<usize>,
+        /// Nodes of the DAG workload (default 1000).
+        #[arg(long)]
+        nodes: Option<usize>,
         /// Concurrent jobs per worker.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
@@ -399,6 +403,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             store,
             workload,
             jobs,
+            nodes,
             concurrency,
             ref database_url,
         } => {
@@ -417,6 +422,9 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 }
                 Workload::Latency => {
                     bench::latency(&target, jobs.unwrap_or(200), concurrency).await?
+                }
+                Workload::Dag => {
+                    bench::dag(&target, nodes.or(jobs).unwrap_or(1_000), concurrency).await?
                 }
             };
             println!(

@@ -271,9 +271,164 @@ pub(crate) async fn start(
     Ok(root.id)
 }
 
-/// The coordinator's loop: release and skip nodes as their dependencies end, until all ended.
-/// Its verdict is [`Fatal`]: a failed run is not retried, while a coordinator rescued after a
-/// crash starts again and carries on. Store errors are waited out.
+/// A run as the coordinator sees it: node jobs, how many dependencies each still waits for,
+/// and the nodes ready to be decided.
+struct Plan {
+    /// Node jobs, by node index (the workflow's topological order).
+    jobs: Vec<Job>,
+    by_id: HashMap<JobId, usize>,
+    /// Each node's dependencies and dependents, by index.
+    deps: Vec<Vec<usize>>,
+    dependents: Vec<Vec<usize>>,
+    /// Dependencies not yet ended, per node.
+    remaining: Vec<usize>,
+    /// Waiting nodes whose dependencies all ended.
+    ready: std::collections::VecDeque<usize>,
+    /// Released nodes not yet ended (for the parallelism limit).
+    active: usize,
+    ended: usize,
+}
+
+impl Plan {
+    /// Rebuilds the plan from the store: the truth after a rescue, a lag or another process.
+    async fn load(engine: &Engine, workflow: &Workflow, run: JobId) -> Result<Plan> {
+        let mut by_name = node_jobs(engine, run).await?;
+        let index: HashMap<&str, usize> = workflow
+            .nodes()
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.as_str(), i))
+            .collect();
+        let mut jobs = Vec::with_capacity(workflow.nodes().len());
+        let mut dependents = vec![Vec::new(); workflow.nodes().len()];
+        let mut deps = Vec::with_capacity(workflow.nodes().len());
+        for (i, node) in workflow.nodes().iter().enumerate() {
+            let job = by_name
+                .remove(&node.name)
+                .ok_or_else(|| Error::store(format!("node `{}` has no job", node.name)))?;
+            jobs.push(job);
+            let mine: Vec<usize> = node.depends_on.iter().map(|d| index[d.as_str()]).collect();
+            for &dep in &mine {
+                dependents[dep].push(i);
+            }
+            deps.push(mine);
+        }
+        let remaining: Vec<usize> = deps
+            .iter()
+            .map(|mine| mine.iter().filter(|&&d| !jobs[d].state.is_end()).count())
+            .collect();
+        let ready = (0..jobs.len())
+            .filter(|&i| remaining[i] == 0 && is_waiting(&jobs[i]))
+            .collect();
+        let active = jobs
+            .iter()
+            .filter(|j| j.state.is_active() && !is_waiting(j))
+            .count();
+        let ended = jobs.iter().filter(|j| j.state.is_end()).count();
+        let by_id = jobs.iter().enumerate().map(|(i, j)| (j.id, i)).collect();
+        Ok(Plan {
+            jobs,
+            by_id,
+            deps,
+            dependents,
+            remaining,
+            ready,
+            active,
+            ended,
+        })
+    }
+
+    /// Records that node `i` ended as `job`, readying dependents whose last dependency it was.
+    fn node_ended(&mut self, i: usize, job: Job) {
+        if self.jobs[i].state.is_end() {
+            return;
+        }
+        if !is_waiting(&self.jobs[i]) {
+            self.active = self.active.saturating_sub(1);
+        }
+        self.jobs[i] = job;
+        self.ended += 1;
+        for k in 0..self.dependents[i].len() {
+            let d = self.dependents[i][k];
+            self.remaining[d] = self.remaining[d].saturating_sub(1);
+            if self.remaining[d] == 0 && is_waiting(&self.jobs[d]) {
+                self.ready.push_back(d);
+            }
+        }
+    }
+
+    /// Releases or skips ready nodes, as far as the parallelism limit allows.
+    async fn advance(
+        &mut self,
+        engine: &Engine,
+        workflow: &Workflow,
+        parallelism: Option<usize>,
+    ) -> Result<()> {
+        let mut deferred = std::collections::VecDeque::new();
+        while let Some(i) = self.ready.pop_front() {
+            if !is_waiting(&self.jobs[i]) {
+                continue;
+            }
+            let node = &workflow.nodes()[i];
+            let deps: Vec<&Job> = self.deps[i].iter().map(|&d| &self.jobs[d]).collect();
+            let all_done = deps.iter().all(|d| d.state == JobState::Done);
+            let any_failed = deps.iter().any(|d| d.state == JobState::Failed);
+            let verdict = match node.trigger {
+                TriggerRule::AllSuccess if all_done => None,
+                TriggerRule::AllSuccess => Some(UPSTREAM_FAILED),
+                TriggerRule::AllDone => None,
+                TriggerRule::OneFailed if any_failed => None,
+                TriggerRule::OneFailed => Some(TRIGGER_NOT_MET),
+            };
+            let change = match verdict {
+                Some(error) => Change::Skip {
+                    error: error.into(),
+                },
+                None if parallelism.is_some_and(|limit| self.active >= limit) => {
+                    deferred.push_back(i);
+                    continue;
+                }
+                None => {
+                    let upstream: Map<String, Value> = node
+                        .depends_on
+                        .iter()
+                        .zip(&self.deps[i])
+                        .map(|(name, &d)| {
+                            let result = self.jobs[d].result.clone().unwrap_or(Value::Null);
+                            (name.clone(), result)
+                        })
+                        .collect();
+                    let args = match node.args.clone() {
+                        Value::Object(mut map) => {
+                            map.insert("upstream".into(), Value::Object(upstream));
+                            Value::Object(map)
+                        }
+                        other => json!({ "args": other, "upstream": upstream }),
+                    };
+                    Change::Release {
+                        args,
+                        eta: Utc::now(),
+                    }
+                }
+            };
+            let changed = engine.store.change(self.jobs[i].id, change).await?;
+            if changed.state.is_end() {
+                self.node_ended(i, changed);
+            } else {
+                self.active += 1;
+                self.jobs[i] = changed;
+                engine.wake.notify_one();
+            }
+        }
+        self.ready = deferred;
+        Ok(())
+    }
+}
+
+/// The coordinator: decides nodes as their dependencies end (told by job events in this
+/// process, and by a full re-read of the run every poll interval for the others), until every
+/// node ended. Its verdict is [`Fatal`]: a failed run is not retried, while a coordinator
+/// rescued after a crash starts again and carries on. Store errors are waited out.
 async fn coordinate(
     engine: &Arc<Engine>,
     ctx: &TaskContext,
@@ -286,128 +441,94 @@ async fn coordinate(
         .cloned()
         .ok_or_else(|| Fatal(format!("unknown workflow `{}`", args.workflow)))?;
     let run = ctx.job_id();
-    'rounds: loop {
-        let mut nodes = match node_jobs(engine, run).await {
-            Ok(nodes) => nodes,
+    // Subscribed before reading the run, so that no end goes unnoticed in between.
+    let mut events = engine.events.subscribe();
+    let poll = engine.settings.poll_interval;
+    'reload: loop {
+        let mut plan = match Plan::load(engine, &workflow, run).await {
+            Ok(plan) => plan,
             Err(err) => {
                 tracing::warn!(%run, error = %err, "workflow: reading the run failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
         };
-        if !ctx.should_continue() {
-            for job in nodes.values().filter(|j| j.state.is_active()) {
-                let _ = engine.cancel(job.id).await;
+        let mut next_reload = tokio::time::Instant::now() + poll;
+        loop {
+            if !ctx.should_continue() {
+                return Err(cancel_nodes(engine, run).await);
             }
-            // The run ends once its nodes have (a stubborn one is forced after the grace).
-            while let Ok(nodes) = node_jobs(engine, run).await {
-                if nodes.values().all(|j| !j.state.is_active()) {
-                    break;
+            if let Err(err) = plan.advance(engine, &workflow, args.parallelism).await {
+                tracing::warn!(%run, error = %err, "workflow: a node update failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue 'reload;
+            }
+            let total = plan.jobs.len();
+            if plan.ended == total {
+                return verdict(&workflow, &plan);
+            }
+            ctx.report_progress(
+                100.0 * plan.ended as f64 / total.max(1) as f64,
+                String::new(),
+            );
+            tokio::select! {
+                _ = ctx.cancelled() => {}
+                _ = tokio::time::sleep_until(next_reload) => {
+                    next_reload = tokio::time::Instant::now() + poll;
+                    continue 'reload;
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            return Err(Fatal("workflow run cancelled".into()));
-        }
-        let mut active = nodes
-            .values()
-            .filter(|j| j.state.is_active() && !is_waiting(j))
-            .count();
-        for node in workflow.nodes() {
-            let Some(job) = nodes.get(&node.name) else {
-                return Err(Fatal(format!("node `{}` has no job", node.name)));
-            };
-            if !is_waiting(job) {
-                continue;
-            }
-            let deps: Vec<&Job> = node
-                .depends_on
-                .iter()
-                .filter_map(|d| nodes.get(d))
-                .collect();
-            if !deps.iter().all(|d| d.state.is_end()) {
-                continue;
-            }
-            let all_done = deps.iter().all(|d| d.state == JobState::Done);
-            let any_failed = deps.iter().any(|d| d.state == JobState::Failed);
-            let verdict = match node.trigger {
-                TriggerRule::AllSuccess if all_done => None,
-                TriggerRule::AllSuccess => Some(UPSTREAM_FAILED),
-                TriggerRule::AllDone => None,
-                TriggerRule::OneFailed if any_failed => None,
-                TriggerRule::OneFailed => Some(TRIGGER_NOT_MET),
-            };
-            let (id, change) = match verdict {
-                Some(error) => (
-                    job.id,
-                    Change::Skip {
-                        error: error.into(),
-                    },
-                ),
-                None => {
-                    if args.parallelism.is_some_and(|limit| active >= limit) {
-                        continue;
-                    }
-                    active += 1;
-                    let upstream: Map<String, Value> = node
-                        .depends_on
-                        .iter()
-                        .filter_map(|d| {
-                            Some((
-                                d.clone(),
-                                nodes.get(d)?.result.clone().unwrap_or(Value::Null),
-                            ))
-                        })
-                        .collect();
-                    let args = match node.args.clone() {
-                        Value::Object(mut map) => {
-                            map.insert("upstream".into(), Value::Object(upstream));
-                            Value::Object(map)
+                event = events.recv() => match event {
+                    Ok(event) if event.state.is_end() => {
+                        if let Some(&i) = plan.by_id.get(&event.job) {
+                            match engine.store.get(event.job).await {
+                                Ok(Some(job)) if job.state.is_end() => plan.node_ended(i, job),
+                                _ => continue 'reload,
+                            }
                         }
-                        other => json!({ "args": other, "upstream": upstream }),
-                    };
-                    let eta = Utc::now();
-                    (job.id, Change::Release { args, eta })
-                }
-            };
-            let changed = match engine.store.change(id, change).await {
-                Ok(changed) => changed,
-                Err(err) => {
-                    tracing::warn!(%run, node = %node.name, error = %err, "workflow: update failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue 'rounds;
-                }
-            };
-            if changed.state == JobState::Scheduled {
-                engine.wake.notify_one();
+                    }
+                    Ok(_) => {}
+                    // Missed events (a burst): the store has the truth.
+                    Err(_) => continue 'reload,
+                },
             }
-            nodes.insert(node.name.clone(), changed);
         }
-        let ended = nodes.values().filter(|j| j.state.is_end()).count();
-        ctx.report_progress(
-            100.0 * ended as f64 / nodes.len().max(1) as f64,
-            format!("{ended} of {} nodes ended", nodes.len()),
-        );
-        if ended == nodes.len() {
-            let mut failed: Vec<&str> = workflow
-                .nodes()
-                .iter()
-                .filter(|n| nodes[&n.name].state == JobState::Failed)
-                .map(|n| n.name.as_str())
-                .collect();
-            failed.dedup();
-            let states: Map<String, Value> = nodes
-                .iter()
-                .map(|(name, job)| (name.clone(), Value::from(job.state.as_str())))
-                .collect();
-            return if failed.is_empty() {
-                Ok(json!({ "nodes": states }))
-            } else {
-                Err(Fatal(format!("nodes failed: {}", failed.join(", "))))
-            };
+    }
+}
+
+/// Cancels the run's active nodes and waits until they have ended.
+async fn cancel_nodes(engine: &Engine, run: JobId) -> Fatal {
+    if let Ok(nodes) = node_jobs(engine, run).await {
+        for job in nodes.values().filter(|j| j.state.is_active()) {
+            let _ = engine.cancel(job.id).await;
         }
-        tokio::select! {
-            _ = ctx.cancelled() => {}
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+    }
+    // The run ends once its nodes have (a stubborn one is forced after the grace).
+    while let Ok(nodes) = node_jobs(engine, run).await {
+        if nodes.values().all(|j| !j.state.is_active()) {
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Fatal("workflow run cancelled".into())
+}
+
+fn verdict(workflow: &Workflow, plan: &Plan) -> std::result::Result<Value, Fatal> {
+    let failed: Vec<&str> = workflow
+        .nodes()
+        .iter()
+        .zip(&plan.jobs)
+        .filter(|(_, job)| job.state == JobState::Failed)
+        .map(|(node, _)| node.name.as_str())
+        .collect();
+    if failed.is_empty() {
+        let states: Map<String, Value> = workflow
+            .nodes()
+            .iter()
+            .zip(&plan.jobs)
+            .map(|(node, job)| (node.name.clone(), Value::from(job.state.as_str())))
+            .collect();
+        Ok(json!({ "nodes": states }))
+    } else {
+        Err(Fatal(format!("nodes failed: {}", failed.join(", "))))
     }
 }
