@@ -135,6 +135,8 @@ pub(crate) struct Engine {
     pub(crate) drain_since: Mutex<Option<DateTime<Utc>>>,
     /// Claims take turns when per-queue limits are set.
     pub(crate) claim_turn: tokio::sync::Mutex<()>,
+    /// Workflow coordinators running here, by run: told of their nodes' ends directly.
+    pub(crate) coordinators: Mutex<JobIdMap<tokio::sync::mpsc::UnboundedSender<Job>>>,
     /// Registered workflows, by name.
     pub(crate) workflows: RwLock<HashMap<String, Arc<crate::workflow::Workflow>>>,
     /// Batched rounds of completions and claims, for shared stores while running.
@@ -187,6 +189,7 @@ impl Engine {
             claim_turn: tokio::sync::Mutex::new(()),
             batcher: Mutex::new(None),
             workflows: RwLock::new(HashMap::new()),
+            coordinators: Mutex::new(JobIdMap::default()),
             drain_snoozed: Mutex::new(HashSet::new()),
             stop: watch::channel(None).0,
         }

@@ -330,6 +330,14 @@ async fn record_again(
 }
 
 fn announce(engine: &Engine, ended: &Job, snoozed: bool) {
+    if ended.state.is_end() {
+        if let Some(parent) = ended.parent {
+            let coordinators = engine.coordinators.lock();
+            if let Some(coordinator) = coordinators.get(&parent) {
+                let _ = coordinator.send(ended.clone());
+            }
+        }
+    }
     engine.publish(ended, || match ended.state {
         JobState::Done => JobEventKind::Succeeded,
         JobState::Failed => JobEventKind::Failed {

@@ -441,8 +441,23 @@ async fn coordinate(
         .cloned()
         .ok_or_else(|| Fatal(format!("unknown workflow `{}`", args.workflow)))?;
     let run = ctx.job_id();
-    // Subscribed before reading the run, so that no end goes unnoticed in between.
-    let mut events = engine.events.subscribe();
+    // Registered before reading the run, so that no end goes unnoticed in between.
+    let (ends, mut ended_nodes) = tokio::sync::mpsc::unbounded_channel();
+    engine.coordinators.lock().insert(run, ends);
+    let verdict = coordinate_run(engine, ctx, &args, &workflow, &mut ended_nodes).await;
+    engine.coordinators.lock().remove(&run);
+    verdict
+}
+
+async fn coordinate_run(
+    engine: &Arc<Engine>,
+    ctx: &TaskContext,
+    args: &CoordinatorArgs,
+    workflow: &Workflow,
+    ended_nodes: &mut tokio::sync::mpsc::UnboundedReceiver<Job>,
+) -> std::result::Result<Value, Fatal> {
+    let run = ctx.job_id();
+
     let poll = engine.settings.poll_interval;
     'reload: loop {
         let mut plan = match Plan::load(engine, &workflow, run).await {
@@ -477,19 +492,17 @@ async fn coordinate(
                     next_reload = tokio::time::Instant::now() + poll;
                     continue 'reload;
                 }
-                event = events.recv() => match event {
-                    Ok(event) if event.state.is_end() => {
-                        if let Some(&i) = plan.by_id.get(&event.job) {
-                            match engine.store.get(event.job).await {
-                                Ok(Some(job)) if job.state.is_end() => plan.node_ended(i, job),
-                                _ => continue 'reload,
-                            }
+                Some(job) = ended_nodes.recv() => {
+                    if let Some(&i) = plan.by_id.get(&job.id) {
+                        plan.node_ended(i, job);
+                    }
+                    // Take every end already waiting before deciding again.
+                    while let Ok(job) = ended_nodes.try_recv() {
+                        if let Some(&i) = plan.by_id.get(&job.id) {
+                            plan.node_ended(i, job);
                         }
                     }
-                    Ok(_) => {}
-                    // Missed events (a burst): the store has the truth.
-                    Err(_) => continue 'reload,
-                },
+                }
             }
         }
     }
