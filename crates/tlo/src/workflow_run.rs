@@ -460,7 +460,7 @@ async fn coordinate_run(
 
     let poll = engine.settings.poll_interval;
     'reload: loop {
-        let mut plan = match Plan::load(engine, &workflow, run).await {
+        let mut plan = match Plan::load(engine, workflow, run).await {
             Ok(plan) => plan,
             Err(err) => {
                 tracing::warn!(%run, error = %err, "workflow: reading the run failed; retrying");
@@ -473,14 +473,14 @@ async fn coordinate_run(
             if !ctx.should_continue() {
                 return Err(cancel_nodes(engine, run).await);
             }
-            if let Err(err) = plan.advance(engine, &workflow, args.parallelism).await {
+            if let Err(err) = plan.advance(engine, workflow, args.parallelism).await {
                 tracing::warn!(%run, error = %err, "workflow: a node update failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue 'reload;
             }
             let total = plan.jobs.len();
             if plan.ended == total {
-                return verdict(&workflow, &plan);
+                return verdict(workflow, &plan);
             }
             ctx.report_progress(
                 100.0 * plan.ended as f64 / total.max(1) as f64,
