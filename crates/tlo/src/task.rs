@@ -244,8 +244,15 @@ impl fmt::Display for Fatal {
 impl std::error::Error for Fatal {}
 
 /// Turns a handler's error into how the attempt failed.
+/// A boxed error counts too: `Err(Box::new(Fatal(..)))` from a handler returning
+/// `Box<dyn Error + Send + Sync>`.
 fn failure<E: fmt::Display + 'static>(err: E) -> HandlerError {
-    match (&err as &dyn std::any::Any).downcast_ref::<Fatal>() {
+    let any = &err as &dyn std::any::Any;
+    let fatal = any.downcast_ref::<Fatal>().or_else(|| {
+        any.downcast_ref::<Box<dyn std::error::Error + Send + Sync>>()
+            .and_then(|boxed| boxed.downcast_ref::<Fatal>())
+    });
+    match fatal {
         Some(fatal) => HandlerError::Fatal(fatal.0.clone()),
         None => HandlerError::Failed(err.to_string()),
     }

@@ -210,7 +210,9 @@ pub(crate) fn ensure_coordinator(engine: &Arc<Engine>) -> Result<()> {
     }
     let weak: Weak<Engine> = Arc::downgrade(engine);
     // Rescued after a crash, a coordinator carries on: allow it many attempts.
-    let options = TaskOptions::new().max_attempts(1000);
+    let options = TaskOptions::new()
+        .max_attempts(1000)
+        .backoff(crate::task::Backoff::fixed(Duration::from_secs(1)));
     let registered = engine.registry.register(
         COORDINATOR_TASK,
         options,
@@ -429,17 +431,21 @@ impl Plan {
 /// process, and by a full re-read of the run every poll interval for the others), until every
 /// node ended. Its verdict is [`Fatal`]: a failed run is not retried, while a coordinator
 /// rescued after a crash starts again and carries on. Store errors are waited out.
+/// A coordinator's error: [`Fatal`] for its verdict, a plain error (retried) when a stopping
+/// orchestrator interrupts it.
+type CoordinatorError = Box<dyn std::error::Error + Send + Sync>;
+
 async fn coordinate(
     engine: &Arc<Engine>,
     ctx: &TaskContext,
     args: CoordinatorArgs,
-) -> std::result::Result<Value, Fatal> {
+) -> std::result::Result<Value, CoordinatorError> {
     let workflow = engine
         .workflows
         .read()
         .get(&args.workflow)
         .cloned()
-        .ok_or_else(|| Fatal(format!("unknown workflow `{}`", args.workflow)))?;
+        .ok_or_else(|| Box::new(Fatal(format!("unknown workflow `{}`", args.workflow))))?;
     let run = ctx.job_id();
     // Registered before reading the run, so that no end goes unnoticed in between.
     let (ends, mut ended_nodes) = tokio::sync::mpsc::unbounded_channel();
@@ -455,7 +461,7 @@ async fn coordinate_run(
     args: &CoordinatorArgs,
     workflow: &Workflow,
     ended_nodes: &mut tokio::sync::mpsc::UnboundedReceiver<Job>,
-) -> std::result::Result<Value, Fatal> {
+) -> std::result::Result<Value, CoordinatorError> {
     let run = ctx.job_id();
 
     let poll = engine.settings.poll_interval;
@@ -471,7 +477,12 @@ async fn coordinate_run(
         let mut next_reload = tokio::time::Instant::now() + poll;
         loop {
             if !ctx.should_continue() {
-                return Err(cancel_nodes(engine, run).await);
+                return Err(Box::new(cancel_nodes(engine, run).await));
+            }
+            if engine.is_stopping() {
+                // A drain would wait for nodes it never claims: give the run back instead; it
+                // is retried, and carries on from the store when workers run again.
+                return Err("interrupted by a stopping orchestrator; the run resumes later".into());
             }
             if let Err(err) = plan.advance(engine, workflow, args.parallelism).await {
                 tracing::warn!(%run, error = %err, "workflow: a node update failed; retrying");
@@ -480,14 +491,17 @@ async fn coordinate_run(
             }
             let total = plan.jobs.len();
             if plan.ended == total {
-                return verdict(workflow, &plan);
+                return verdict(workflow, &plan)
+                    .map_err(|fatal| Box::new(fatal) as CoordinatorError);
             }
             ctx.report_progress(
                 100.0 * plan.ended as f64 / total.max(1) as f64,
                 String::new(),
             );
+            let mut stopping = engine.stop.subscribe();
             tokio::select! {
                 _ = ctx.cancelled() => {}
+                _ = stopping.wait_for(|stop| stop.is_some()) => {}
                 _ = tokio::time::sleep_until(next_reload) => {
                     next_reload = tokio::time::Instant::now() + poll;
                     continue 'reload;

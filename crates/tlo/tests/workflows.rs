@@ -282,3 +282,51 @@ async fn running_an_unknown_workflow_or_a_node_without_its_task_is_an_error() {
         "nothing stored"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_stop_mid_run_returns_and_the_run_resumes_on_restart() {
+    let tlo = tlo();
+    register_value(&tlo);
+    tlo.register("pause", TaskOptions::new(), |_ctx, _: Value| async {
+        tokio::time::sleep(ms(200)).await;
+        Ok::<_, String>(1)
+    })
+    .unwrap();
+    tlo.register_workflow(
+        Workflow::builder("w")
+            .node(Node::new("slow", "pause"))
+            .node(node("after", 10).after(["slow"]))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    tlo.start().unwrap();
+    let run = tlo.run_workflow("w", json!({})).await.unwrap();
+    eventually("slow running", || async {
+        run.report().await.unwrap().nodes[0].state == JobState::Running
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(5), tlo.stop())
+        .await
+        .expect("a drain does not wait for the whole run")
+        .unwrap();
+    let report = run.report().await.unwrap();
+    assert_eq!(
+        report.state,
+        JobState::Scheduled,
+        "the run waits for workers again"
+    );
+    assert_eq!(
+        report.nodes[0].state,
+        JobState::Done,
+        "the running node finished"
+    );
+    tlo.start().unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(10), run.wait())
+        .await
+        .expect("the run resumes")
+        .unwrap();
+    assert_eq!(report.state, JobState::Done);
+    assert_eq!(report.nodes[1].result, Some(json!(11)));
+    tlo.stop().await.unwrap();
+}
