@@ -115,6 +115,8 @@ pub(crate) struct Engine {
     pub(crate) running: Mutex<JobIdMap<Arc<ContextInner>>>,
     /// Jobs claimed here and not yet finished (including those waiting on their lock check).
     pub(crate) in_flight: AtomicUsize,
+    /// Jobs running beside the slots (workflow coordinators).
+    pub(crate) side_jobs: AtomicUsize,
     /// Per-queue count of `in_flight`, kept only when per-queue limits are set.
     pub(crate) queue_in_flight: Mutex<HashMap<String, usize>>,
     /// Wakes the dispatcher: new work (here or, through the store, elsewhere), or a free slot.
@@ -177,6 +179,7 @@ impl Engine {
             worker_id,
             running: Mutex::new(JobIdMap::default()),
             in_flight: AtomicUsize::new(0),
+            side_jobs: AtomicUsize::new(0),
             queue_in_flight: Mutex::new(HashMap::new()),
             wake,
             finished: Notify::new(),

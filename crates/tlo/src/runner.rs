@@ -26,7 +26,31 @@ fn elapsed_secs(d: Duration) -> String {
 /// dispatcher wake-up per job.
 pub(crate) async fn run_loop(engine: Arc<Engine>, mut job: Job) {
     loop {
-        let next = match run_job(&engine, job).await {
+        if job.task == crate::workflow_run::COORDINATOR_TASK {
+            // A coordinator mostly waits for its nodes: it runs beside the slots, so that a run
+            // can never starve its own nodes of workers (think TLO_CONCURRENCY=1).
+            engine
+                .side_jobs
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            let (side, coordinator) = (engine.clone(), job);
+            tokio::spawn(async move {
+                run_job(&side, coordinator, false).await;
+                side.side_jobs
+                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                side.finished.notify_waiters();
+            });
+            match engine.claim_next().await {
+                Some(next) => {
+                    job = next;
+                    continue;
+                }
+                None => {
+                    engine.release_slot();
+                    return;
+                }
+            }
+        }
+        let next = match run_job(&engine, job, true).await {
             Next::Job(next) => Some(*next),
             Next::Nothing => None,
             Next::Ask => engine.claim_next().await,
@@ -52,7 +76,9 @@ enum Next {
 }
 
 /// Runs one claimed job to its outcome; its slot stays reserved (the caller decides).
-async fn run_job(engine: &Arc<Engine>, mut job: Job) -> Next {
+/// With `batched`, its outcome may be recorded in a shared round that also claims the next job
+/// for this runner.
+async fn run_job(engine: &Arc<Engine>, mut job: Job, batched: bool) -> Next {
     let queue = job.queue.clone();
     let Some(def) = engine.registry.get(&job.task) else {
         let error = format!("unknown task `{}`", job.task);
@@ -63,6 +89,7 @@ async fn run_job(engine: &Arc<Engine>, mut job: Job) -> Next {
                 error,
                 retry_at: None,
             },
+            batched,
         )
         .await;
         engine.leave_queue(&queue);
@@ -81,7 +108,7 @@ async fn run_job(engine: &Arc<Engine>, mut job: Job) -> Next {
             if engine.is_stopping() {
                 engine.drain_snoozed.lock().insert(job.id);
             }
-            let next = finish(engine, &job, Outcome::Snoozed { eta }).await;
+            let next = finish(engine, &job, Outcome::Snoozed { eta }, batched).await;
             engine.leave_queue(&queue);
             return next;
         }
@@ -121,7 +148,7 @@ async fn run_job(engine: &Arc<Engine>, mut job: Job) -> Next {
             tracing::warn!(job = %job.id, error = %err, "releasing lock failed");
         }
     }
-    let next = finish(engine, job, outcome).await;
+    let next = finish(engine, job, outcome, batched).await;
     engine.running.lock().remove(&job.id);
     engine.leave_queue(&queue);
     next
@@ -256,7 +283,7 @@ pub(crate) async fn flush(engine: &Engine, ctx: &TaskContext) {
 
 /// Records the outcome (in a shared round when the store batches) and tells hooks, metrics and
 /// listeners.
-async fn finish(engine: &Engine, job: &Job, outcome: Outcome) -> Next {
+async fn finish(engine: &Engine, job: &Job, outcome: Outcome, batched: bool) -> Next {
     let completion = Completion {
         id: job.id,
         attempt: job.attempt,
@@ -265,7 +292,11 @@ async fn finish(engine: &Engine, job: &Job, outcome: Outcome) -> Next {
     };
     let snoozed = matches!(completion.outcome, Outcome::Snoozed { .. });
     let completion_copy = completion.clone();
-    let batcher = engine.batcher.lock().clone();
+    let batcher = if batched {
+        engine.batcher.lock().clone()
+    } else {
+        None
+    };
     let (recorded, next) = match batcher {
         Some(batcher) => {
             let (reply, replied) = tokio::sync::oneshot::channel();

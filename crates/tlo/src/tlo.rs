@@ -408,7 +408,9 @@ impl Tlo {
         let _ = running.dispatcher.await;
         loop {
             let finished = engine.finished.notified();
-            if engine.in_flight.load(Ordering::Acquire) == 0 {
+            if engine.in_flight.load(Ordering::Acquire) == 0
+                && engine.side_jobs.load(Ordering::Acquire) == 0
+            {
                 break;
             }
             finished.await;

@@ -330,3 +330,25 @@ async fn a_drain_stop_mid_run_returns_and_the_run_resumes_on_restart() {
     assert_eq!(report.nodes[1].result, Some(json!(11)));
     tlo.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_progresses_with_a_single_worker_slot() {
+    let tlo = tlo_with(fast().concurrency(1));
+    register_value(&tlo);
+    tlo.register_workflow(
+        Workflow::builder("w")
+            .node(node("a", 1))
+            .node(node("b", 2).after(["a"]))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    tlo.start().unwrap();
+    let run = tlo.run_workflow("w", json!({})).await.unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(5), run.wait())
+        .await
+        .expect("the coordinator does not hold the only slot")
+        .unwrap();
+    assert_eq!(report.state, JobState::Done);
+    tlo.stop().await.unwrap();
+}
