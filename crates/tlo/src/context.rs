@@ -111,6 +111,10 @@ pub(crate) struct ContextInner {
     pub(crate) cancel: CancellationToken,
     pub(crate) reporter: Reporter,
     pub(crate) services: Arc<Services>,
+    /// The engine, for child jobs (weak: the engine holds running contexts).
+    pub(crate) engine: std::sync::Weak<crate::engine::Engine>,
+    /// Children started so far, for their order among siblings.
+    pub(crate) children: std::sync::atomic::AtomicU32,
 }
 
 /// What a handler gets: ids, attempt, metadata, services, the cancellation signal, and the
@@ -138,13 +142,19 @@ pub struct TaskContext {
 }
 
 impl TaskContext {
-    pub(crate) fn new(job: Job, services: Arc<Services>) -> Self {
+    pub(crate) fn new(
+        job: Job,
+        services: Arc<Services>,
+        engine: std::sync::Weak<crate::engine::Engine>,
+    ) -> Self {
         TaskContext {
             inner: Arc::new(ContextInner {
                 job,
                 cancel: CancellationToken::new(),
                 reporter: Reporter::default(),
                 services,
+                engine,
+                children: std::sync::atomic::AtomicU32::new(0),
             }),
         }
     }

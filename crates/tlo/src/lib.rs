@@ -27,6 +27,7 @@
 
 mod batch;
 mod builder;
+mod children;
 mod context;
 mod engine;
 mod events;
@@ -48,6 +49,7 @@ mod workflow;
 mod workflow_run;
 
 pub use builder::TloBuilder;
+pub use children::{ChildOptions, ChildOutcome};
 pub use context::{Services, TaskContext};
 pub use engine::SubmitOptions;
 pub use events::{Hooks, JobEvent, JobEventKind};
