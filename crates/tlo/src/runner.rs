@@ -119,8 +119,11 @@ async fn run_job(engine: &Arc<Engine>, mut job: Job, batched: bool) -> Next {
     let job = &ctx.inner.job;
     engine.running.lock().insert(job.id, ctx.inner.clone());
     if engine.stop_mode() == StopMode::Cancel {
-        // Claimed just as a Cancel stop collected the running jobs: stop it too.
-        ctx.inner.cancel.cancel();
+        // Claimed just as a Cancel stop collected the running jobs: stop it too, through the
+        // store (running -> cancel_requested), so that its end is a legal `cancelled`.
+        if let Err(err) = engine.cancel(job.id).await {
+            tracing::debug!(job = %job.id, error = %err, "cancel at stop");
+        }
     }
     engine.metrics.count(&job.task, Count::Started, None);
     Hooks::run(&engine.hooks.started, job);
