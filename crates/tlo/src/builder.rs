@@ -134,7 +134,18 @@ impl TloBuilder {
             },
         };
         let registry = Arc::new(TaskRegistry::new());
-        let engine = Engine::new(settings, store, locker, registry, self.hooks, self.services);
+        let (hooks, services) = (self.hooks, self.services);
+        let engine = Arc::new_cyclic(|this| {
+            Engine::new(
+                settings,
+                store,
+                locker,
+                registry,
+                hooks,
+                services,
+                this.clone(),
+            )
+        });
         Ok(Tlo::from_engine(engine))
     }
 }

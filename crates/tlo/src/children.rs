@@ -37,7 +37,7 @@ pub struct ChildOutcome<O> {
 
 impl TaskContext {
     fn engine(&self) -> Result<Arc<Engine>> {
-        self.inner.engine.upgrade().ok_or(Error::Shutdown)
+        self.inner.shared.engine.upgrade().ok_or(Error::Shutdown)
     }
 
     /// Starts a child of `task`: same tree, one level deeper, the parent's metadata inherited.

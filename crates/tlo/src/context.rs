@@ -103,6 +103,14 @@ impl Reporter {
     }
 }
 
+/// What every job's context shares with its engine, behind one `Arc`.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) services: Services,
+    /// The engine, for child jobs (weak: the engine holds running contexts).
+    pub(crate) engine: std::sync::Weak<crate::engine::Engine>,
+}
+
 /// The per-attempt state shared by a handler's context and the worker running it.
 #[derive(Debug)]
 pub(crate) struct ContextInner {
@@ -110,9 +118,7 @@ pub(crate) struct ContextInner {
     pub(crate) job: Job,
     pub(crate) cancel: CancellationToken,
     pub(crate) reporter: Reporter,
-    pub(crate) services: Arc<Services>,
-    /// The engine, for child jobs (weak: the engine holds running contexts).
-    pub(crate) engine: std::sync::Weak<crate::engine::Engine>,
+    pub(crate) shared: Arc<Shared>,
     /// Children started so far, for their order among siblings.
     pub(crate) children: std::sync::atomic::AtomicU32,
 }
@@ -142,18 +148,13 @@ pub struct TaskContext {
 }
 
 impl TaskContext {
-    pub(crate) fn new(
-        job: Job,
-        services: Arc<Services>,
-        engine: std::sync::Weak<crate::engine::Engine>,
-    ) -> Self {
+    pub(crate) fn new(job: Job, shared: Arc<Shared>) -> Self {
         TaskContext {
             inner: Arc::new(ContextInner {
                 job,
                 cancel: CancellationToken::new(),
                 reporter: Reporter::default(),
-                services,
-                engine,
+                shared,
                 children: std::sync::atomic::AtomicU32::new(0),
             }),
         }
@@ -234,6 +235,6 @@ impl TaskContext {
 
     /// The injected service of type `T`.
     pub fn service<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
-        self.inner.services.get::<T>()
+        self.inner.shared.services.get::<T>()
     }
 }

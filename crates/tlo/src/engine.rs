@@ -109,7 +109,8 @@ pub(crate) struct Engine {
     pub(crate) events: EventBus,
     pub(crate) hooks: Hooks,
     pub(crate) metrics: Metrics,
-    pub(crate) services: Arc<Services>,
+    /// Handed to every job's context with one reference count: services and a way back here.
+    pub(crate) shared: Arc<crate::context::Shared>,
     pub(crate) worker_id: String,
     /// Jobs executing in this process.
     pub(crate) running: Mutex<JobIdMap<Arc<ContextInner>>>,
@@ -156,6 +157,7 @@ impl Engine {
         registry: Arc<TaskRegistry>,
         hooks: Hooks,
         services: Services,
+        this: std::sync::Weak<Engine>,
     ) -> Self {
         let worker_id = settings.worker_id.clone().unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
@@ -175,7 +177,10 @@ impl Engine {
             events: EventBus::new(4096),
             hooks,
             metrics: Metrics::default(),
-            services: Arc::new(services),
+            shared: Arc::new(crate::context::Shared {
+                services,
+                engine: this,
+            }),
             worker_id,
             running: Mutex::new(JobIdMap::default()),
             in_flight: AtomicUsize::new(0),

@@ -115,7 +115,7 @@ async fn run_job(engine: &Arc<Engine>, mut job: Job, batched: bool) -> Next {
     }
     let args = std::mem::take(&mut job.args);
     let lock_key = job.lock_key.clone();
-    let ctx = TaskContext::new(job, engine.services.clone(), Arc::downgrade(engine));
+    let ctx = TaskContext::new(job, engine.shared.clone());
     let job = &ctx.inner.job;
     engine.running.lock().insert(job.id, ctx.inner.clone());
     if engine.stop_mode() == StopMode::Cancel {

@@ -64,9 +64,9 @@ impl fmt::Debug for Tlo {
 }
 
 impl Tlo {
-    pub(crate) fn from_engine(engine: Engine) -> Tlo {
+    pub(crate) fn from_engine(engine: Arc<Engine>) -> Tlo {
         Tlo {
-            engine: Arc::new(engine),
+            engine,
             running: Arc::new(Mutex::new(None)),
         }
     }
