@@ -23,6 +23,15 @@ pub fn check_attempt(job: &Job, attempt: u32) -> Result<()> {
     Ok(())
 }
 
+/// The claim order of two due jobs, given their submission sequence numbers: highest priority
+/// first, then earliest eta, then earliest submission.
+pub fn claim_order(a: &Job, a_seq: i64, b: &Job, b_seq: i64) -> std::cmp::Ordering {
+    b.priority
+        .cmp(&a.priority)
+        .then(a.eta.cmp(&b.eta))
+        .then(a_seq.cmp(&b_seq))
+}
+
 /// `scheduled -> running` for `worker`: a new attempt begins.
 pub fn apply_claim(job: &mut Job, worker: &str, now: DateTime<Utc>, lease: Duration) -> Result<()> {
     job.state.check_transition(job.id, JobState::Running)?;

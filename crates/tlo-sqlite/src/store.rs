@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use tlo_core::transition::{
     Change, apply_acknowledge_cancel, apply_cancel_request, apply_change, apply_claim,
-    apply_completion, apply_progress, apply_relaunch, apply_rescue, check_prunable,
+    apply_completion, apply_progress, apply_relaunch, apply_rescue, check_prunable, claim_order,
 };
 use tlo_core::{
     CancelOutcome, ClaimRequest, Completion, DateTime, Enqueued, Error, Job, JobFilter, JobId,
@@ -175,12 +175,7 @@ fn claim_in(conn: &Connection, request: &ClaimRequest) -> Result<Vec<Job>> {
             candidates.push((seq, decode(&data)?));
         }
     }
-    candidates.sort_by(|(sa, a), (sb, b)| {
-        b.priority
-            .cmp(&a.priority)
-            .then(a.eta.cmp(&b.eta))
-            .then(sa.cmp(sb))
-    });
+    candidates.sort_by(|(sa, a), (sb, b)| claim_order(a, *sa, b, *sb));
     candidates.truncate(request.limit);
     let mut claimed = Vec::with_capacity(candidates.len());
     for (_, mut job) in candidates {
