@@ -48,7 +48,15 @@ pub(crate) fn config(url: &str) -> Result<tokio_postgres::Config> {
         .map_err(|err| pg_error(format!("invalid database URL {}: {err}", redact(url))))
 }
 
-pub(crate) fn pool(config: tokio_postgres::Config, size: usize) -> Result<Pool> {
+pub(crate) fn pool(mut config: tokio_postgres::Config, size: usize) -> Result<Pool> {
+    // tlo's statements are prepared once per connection; a generic plan spares the server
+    // re-planning each execution for its parameter values (the plans do not depend on them).
+    let generic = "-c plan_cache_mode=force_generic_plan";
+    let options = match config.get_options() {
+        Some(own) => format!("{own} {generic}"),
+        None => generic.to_owned(),
+    };
+    config.options(&options);
     let manager = Manager::from_config(
         config,
         NoTls,

@@ -1,6 +1,6 @@
 //! `PostgresStore`: jobs in PostgreSQL, shared by any number of workers on any number of hosts.
 //!
-//! Indexed columns sit beside the whole job as `jsonb`. Claims take due rows with
+//! Indexed columns sit beside the whole job as `json`. Claims take due rows with
 //! `FOR UPDATE SKIP LOCKED`; every other state write locks its row (`FOR UPDATE`), applies the
 //! reference semantics of `tlo_core::transition`, and writes it back in the same transaction,
 //! so PostgreSQL behaves exactly as the other stores and writes are fenced by attempt.
@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Object, Pool};
+use deadpool_postgres::{GenericClient as _, Object, Pool, Transaction as DbTransaction};
 use tlo_core::transition::{
     Change, apply_acknowledge_cancel, apply_cancel_request, apply_change, apply_claim,
     apply_completion, apply_progress, apply_relaunch, apply_rescue, check_prunable, claim_order,
@@ -59,6 +59,41 @@ pub struct PostgresStore {
     pool: Pool,
     schema: Arc<str>,
     url: Arc<str>,
+    sql: Arc<HotSql>,
+}
+
+/// The statements on the hot path, rendered once for the schema; each connection prepares
+/// them once (`prepare_cached`), so the server neither parses nor plans them per call.
+#[derive(Debug)]
+struct HotSql {
+    claim: String,
+    save: String,
+    lock_many: String,
+    lock_one: String,
+}
+
+impl HotSql {
+    fn new(schema: &str) -> HotSql {
+        let jobs = format!("{schema}.jobs");
+        HotSql {
+            claim: format!(
+                "SELECT seq, data FROM {jobs} WHERE state = 'scheduled' AND queue = $1 AND eta <= $2
+                 ORDER BY priority DESC, eta, seq LIMIT $3 FOR UPDATE SKIP LOCKED"
+            ),
+            save: format!(
+                "UPDATE {jobs} AS j SET state = u.state, queue = u.queue, priority = u.priority,
+                     eta = u.eta, worker = u.worker, lease_until = u.lease_until,
+                     finished_at = u.finished_at, data = u.data
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int8[],
+                     $6::text[], $7::int8[], $8::int8[], $9::json[])
+                     AS u(id, state, queue, priority, eta, worker, lease_until, finished_at, data)
+                 WHERE j.id = u.id"
+            ),
+            // In id order, so that concurrent batches lock rows in the same order.
+            lock_many: format!("SELECT data FROM {jobs} WHERE id = ANY($1) ORDER BY id FOR UPDATE"),
+            lock_one: format!("SELECT data FROM {jobs} WHERE id = $1 FOR UPDATE"),
+        }
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -93,6 +128,7 @@ impl PostgresStore {
         let pool = pool(config(url)?, options.pool_size.max(1))?;
         let store = PostgresStore {
             pool,
+            sql: Arc::new(HotSql::new(&options.schema)),
             schema: options.schema.into(),
             url: url.into(),
         };
@@ -173,7 +209,7 @@ impl PostgresStore {
                  depth, ord, data)
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[],
                  $6::int8[], $7::text[], $8::uuid[], $9::uuid[], $10::int4[], $11::int4[],
-                 $12::jsonb[])
+                 $12::json[])
              ON CONFLICT (unique_key) DO NOTHING
              RETURNING id",
             self.t("jobs")
@@ -235,7 +271,7 @@ impl PostgresStore {
     }
 
     /// Writes back changed jobs in one statement.
-    async fn save<C: GenericClient>(&self, db: &C, jobs: &[Job]) -> Result<()> {
+    async fn save(&self, db: &DbTransaction<'_>, jobs: &[Job]) -> Result<()> {
         if jobs.is_empty() {
             return Ok(());
         }
@@ -248,18 +284,9 @@ impl PostgresStore {
         let leases: Vec<Option<i64>> = jobs.iter().map(|j| j.lease_until.map(micros)).collect();
         let finished: Vec<Option<i64>> = jobs.iter().map(|j| j.finished_at.map(micros)).collect();
         let data: Vec<Json<&Job>> = jobs.iter().map(Json).collect();
-        let sql = format!(
-            "UPDATE {} AS j SET state = u.state, queue = u.queue, priority = u.priority,
-                 eta = u.eta, worker = u.worker, lease_until = u.lease_until,
-                 finished_at = u.finished_at, data = u.data
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int8[],
-                 $6::text[], $7::int8[], $8::int8[], $9::jsonb[])
-                 AS u(id, state, queue, priority, eta, worker, lease_until, finished_at, data)
-             WHERE j.id = u.id",
-            self.t("jobs")
-        );
+        let statement = db.prepare_cached(&self.sql.save).await.map_err(pg_error)?;
         db.execute(
-            &sql,
+            &statement,
             &[
                 &ids,
                 &states,
@@ -275,7 +302,7 @@ impl PostgresStore {
         .await
         .map_err(pg_error)?;
         if jobs.iter().any(|j| j.state == JobState::Scheduled) {
-            self.notify(db).await?;
+            self.notify(&**db).await?;
         }
         Ok(())
     }
@@ -287,15 +314,13 @@ impl PostgresStore {
         change: impl FnOnce(&mut Job) -> Result<T>,
     ) -> Result<(T, Job)> {
         let mut client = self.client().await?;
-        let tx = pg(&mut client).transaction().await.map_err(pg_error)?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let statement = tx
+            .prepare_cached(&self.sql.lock_one)
+            .await
+            .map_err(pg_error)?;
         let row = tx
-            .query_opt(
-                &format!(
-                    "SELECT data FROM {} WHERE id = $1 FOR UPDATE",
-                    self.t("jobs")
-                ),
-                &[&id.0],
-            )
+            .query_opt(&statement, &[&id.0])
             .await
             .map_err(pg_error)?
             .ok_or(Error::JobNotFound(id))?;
@@ -307,12 +332,8 @@ impl PostgresStore {
     }
 
     /// Selects and claims due jobs inside `tx`; the caller saves and commits.
-    async fn claim_in(&self, tx: &Transaction<'_>, request: &ClaimRequest) -> Result<Vec<Job>> {
-        let sql = format!(
-            "SELECT seq, data FROM {} WHERE state = 'scheduled' AND queue = $1 AND eta <= $2
-             ORDER BY priority DESC, eta, seq LIMIT $3 FOR UPDATE SKIP LOCKED",
-            self.t("jobs")
-        );
+    async fn claim_in(&self, tx: &DbTransaction<'_>, request: &ClaimRequest) -> Result<Vec<Job>> {
+        let sql = tx.prepare_cached(&self.sql.claim).await.map_err(pg_error)?;
         let now = micros(request.now);
         let mut candidates: Vec<(i64, Job)> = Vec::new();
         for demand in request.queues.iter().filter(|d| d.limit > 0) {
@@ -347,11 +368,6 @@ impl PostgresStore {
     }
 }
 
-/// The plain `tokio_postgres` client behind a pooled connection.
-fn pg(client: &mut Object) -> &mut tokio_postgres::Client {
-    client
-}
-
 pub(crate) async fn client(pool: &Pool, url: &str) -> Result<Object> {
     pool.get()
         .await
@@ -381,15 +397,15 @@ impl Store for PostgresStore {
 
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         let mut client = self.client().await?;
-        let tx = pg(&mut client).transaction().await.map_err(pg_error)?;
-        let out = self.insert(&tx, jobs).await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let out = self.insert(&*tx, jobs).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(out)
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Job>> {
         let mut client = self.client().await?;
-        let tx = pg(&mut client).transaction().await.map_err(pg_error)?;
+        let tx = client.transaction().await.map_err(pg_error)?;
         // A claim lost in a server crash only puts the job back to `scheduled`: it runs again
         // and the stale worker's completion is fenced off. Not waiting for the WAL flush here
         // saves a disk sync per claim; enqueues and completions stay fully durable.
@@ -414,22 +430,15 @@ impl Store for PostgresStore {
         next: Option<&ClaimRequest>,
     ) -> Result<(Vec<Result<Job>>, Vec<Job>)> {
         let mut client = self.client().await?;
-        let tx = pg(&mut client).transaction().await.map_err(pg_error)?;
+        let tx = client.transaction().await.map_err(pg_error)?;
         let ids: Vec<Uuid> = completions.iter().map(|c| c.id.0).collect();
         let mut current: std::collections::HashMap<Uuid, Job> = std::collections::HashMap::new();
         if !ids.is_empty() {
-            // In id order, so that concurrent batches lock rows in the same order.
-            for row in tx
-                .query(
-                    &format!(
-                        "SELECT data FROM {} WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                        self.t("jobs")
-                    ),
-                    &[&ids],
-                )
+            let statement = tx
+                .prepare_cached(&self.sql.lock_many)
                 .await
-                .map_err(pg_error)?
-            {
+                .map_err(pg_error)?;
+            for row in tx.query(&statement, &[&ids]).await.map_err(pg_error)? {
                 let job = job_of(&row)?;
                 current.insert(job.id.0, job);
             }
@@ -515,7 +524,7 @@ impl Store for PostgresStore {
                          FOR UPDATE OF j
                      )
                      UPDATE {jobs} AS j SET lease_until = $3,
-                         data = jsonb_set(j.data, '{{lease_until}}', $4)
+                         data = jsonb_set(j.data::jsonb, '{{lease_until}}', $4)::json
                      FROM held WHERE j.id = held.id
                      RETURNING j.id, j.state",
                     jobs = self.t("jobs")
@@ -534,7 +543,7 @@ impl Store for PostgresStore {
 
     async fn rescue_expired(&self, now: DateTime<Utc>) -> Result<Vec<Job>> {
         let mut client = self.client().await?;
-        let tx = pg(&mut client).transaction().await.map_err(pg_error)?;
+        let tx = client.transaction().await.map_err(pg_error)?;
         let rows = tx
             .query(
                 &format!(
@@ -641,13 +650,20 @@ impl Store for PostgresStore {
         }
         if let Some(root) = &root {
             params.push(root);
-            sql.push_str(&format!(" AND root = ${}", params.len()));
+            // The root itself, or its descendants through the child-only index.
+            let n = params.len();
+            sql.push_str(&format!(
+                " AND (id = ${n} OR (root = ${n} AND parent IS NOT NULL))"
+            ));
         }
         let metadata = serde_json::Value::Object(filter.metadata.clone());
         let metadata = Json(metadata);
         if !filter.metadata.is_empty() {
             params.push(&metadata);
-            sql.push_str(&format!(" AND data->'metadata' @> ${}", params.len()));
+            sql.push_str(&format!(
+                " AND (data->'metadata')::jsonb @> ${}",
+                params.len()
+            ));
         }
         sql.push_str(" ORDER BY depth, ord, id");
         if let Some(limit) = filter.limit {
@@ -695,7 +711,7 @@ impl Store for PostgresStore {
 
     async fn cancel_scheduled(&self, queues: &[String]) -> Result<usize> {
         let mut client = self.client().await?;
-        let tx = pg(&mut client).transaction().await.map_err(pg_error)?;
+        let tx = client.transaction().await.map_err(pg_error)?;
         let rows = tx
             .query(
                 &format!(
@@ -722,7 +738,7 @@ impl Store for PostgresStore {
     async fn prune(&self, state: JobState, before: DateTime<Utc>, limit: usize) -> Result<usize> {
         check_prunable(state)?;
         let mut client = self.client().await?;
-        let tx = pg(&mut client).transaction().await.map_err(pg_error)?;
+        let tx = client.transaction().await.map_err(pg_error)?;
         let rows = tx
             .query(
                 &format!(

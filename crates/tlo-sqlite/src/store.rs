@@ -159,18 +159,21 @@ fn claim_in(conn: &Connection, request: &ClaimRequest) -> Result<Vec<Job>> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT seq, data FROM jobs INDEXED BY jobs_due
-             WHERE state = 'scheduled' AND queue = ?1 AND eta <= ?2
-             ORDER BY priority DESC, eta, seq LIMIT ?3",
+             WHERE state = 'scheduled' AND queue = +?1 AND eta <= ?2
+             ORDER BY priority DESC, eta, seq",
         )
         .map_err(store_error)?;
     for demand in request.queues.iter().filter(|d| d.limit > 0) {
-        let limit = demand.limit.min(request.limit) as i64;
+        // Both `+?1` and the missing `LIMIT ?` keep SQLite from re-preparing the statement on
+        // every call (a bound LIMIT, or `queue = ?1` beside the ORDER BY, marks the plan as
+        // depending on the value); stepping stops after `limit` rows, in index order.
+        let limit = demand.limit.min(request.limit);
         let rows = stmt
-            .query_map(params![demand.queue, now, limit], |row| {
+            .query_map(params![demand.queue, now], |row| {
                 Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
             })
             .map_err(store_error)?;
-        for row in rows {
+        for row in rows.take(limit) {
             let (seq, data) = row.map_err(store_error)?;
             candidates.push((seq, decode(&data)?));
         }
