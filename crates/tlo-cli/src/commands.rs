@@ -18,6 +18,9 @@ pub(crate) fn exit_code(state: JobState) -> u8 {
     }
 }
 
+/// Exit code of a process control the store refused (not-found, not-launchable, ...).
+pub(crate) const REFUSED: u8 = 6;
+
 fn parse_id(text: &str) -> anyhow::Result<JobId> {
     text.parse::<JobId>()
         .map_err(|_| anyhow!("`{text}` is not a job id (a UUID)"))
@@ -297,5 +300,81 @@ fn print_report(report: &tlo::WorkflowReport) {
 pub(crate) async fn workflow_report(tlo: &Tlo, id: &str) -> anyhow::Result<()> {
     let report = tlo.workflow_run(parse_id(id)?).report().await?;
     print_report(&report);
+    Ok(())
+}
+
+/// `tlo launch`: launches a process; with `wait`, follows it and returns the exit code.
+pub(crate) async fn launch(tlo: &Tlo, id: &str, wait: bool) -> anyhow::Result<u8> {
+    let job = match tlo.launch(id).await {
+        Ok(job) => job,
+        Err(tlo::ControlError::Store(err)) => return Err(err.into()),
+        Err(refused) => {
+            eprintln!("tlo: {refused}");
+            return Ok(REFUSED);
+        }
+    };
+    println!("{}", job.id);
+    if !wait {
+        return Ok(0);
+    }
+    let job = follow(tlo, job.id).await?;
+    if job.state != JobState::Done {
+        eprintln!(
+            "process {id} {}: {}",
+            job.state,
+            job.error.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(exit_code(job.state))
+}
+
+/// `tlo dismiss`: puts an ended process back to idle.
+pub(crate) async fn dismiss(tlo: &Tlo, id: &str) -> anyhow::Result<u8> {
+    match tlo.dismiss(id).await {
+        Ok(job) => {
+            println!("{id} {}", job.state);
+            Ok(0)
+        }
+        Err(tlo::ControlError::Store(err)) => Err(err.into()),
+        Err(refused) => {
+            eprintln!("tlo: {refused}");
+            Ok(REFUSED)
+        }
+    }
+}
+
+/// `tlo tree`: the job (a process id or a job id) and its descendants, indented by depth.
+pub(crate) async fn tree(tlo: &Tlo, id: &str) -> anyhow::Result<()> {
+    let root = match tlo.process(id).await? {
+        Some(job) => job,
+        None => {
+            let job_id = parse_id(id).map_err(|_| anyhow!("no process or job `{id}`"))?;
+            tlo.job(job_id).await?
+        }
+    };
+    let jobs = tlo.jobs(&JobFilter::default().root(root.root)).await?;
+    let base = root.depth;
+    // Sorted by depth: a parent is always kept before its children are looked at.
+    let mut kept = std::collections::HashSet::from([root.id]);
+    let subtree = jobs.iter().filter(|job| {
+        let keep = job.id == root.id || job.parent.is_some_and(|p| kept.contains(&p));
+        if keep {
+            kept.insert(job.id);
+        }
+        keep
+    });
+    for job in subtree {
+        let indent = "  ".repeat((job.depth - base) as usize);
+        let label = job.metadata[tlo::PROCESS_METADATA_KEY]["name"]
+            .as_str()
+            .unwrap_or(&job.task);
+        let progress = match (job.progress.percent, job.progress.message.as_deref()) {
+            (Some(p), Some(m)) => format!(" {p:.0}% {m}"),
+            (Some(p), None) => format!(" {p:.0}%"),
+            (None, Some(m)) => format!(" {m}"),
+            (None, None) => String::new(),
+        };
+        println!("{indent}{label}\t{}\t{}{progress}", job.state, job.id);
+    }
     Ok(())
 }

@@ -86,6 +86,25 @@ enum Command {
         /// The job id.
         id: String,
     },
+    /// Launch a process of the config file's `[processes]`; with `--wait`, follow it to its
+    /// end (exit codes as for `submit --wait`). A refused launch exits with 6.
+    Launch {
+        /// The process id.
+        id: String,
+        /// Follow the run to its end.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Put an ended process back to idle, clearing its result, error and progress.
+    Dismiss {
+        /// The process id.
+        id: String,
+    },
+    /// Show a process (or any job) with its children: states and progress, by depth and order.
+    Tree {
+        /// The process id, or a job id.
+        id: String,
+    },
     /// Show a workflow's DAG, as text or Graphviz DOT.
     Dag {
         /// The workflow name.
@@ -214,7 +233,10 @@ fn main() -> ExitCode {
 /// The binary's orchestrator: the file's settings, and unless the file or the environment name
 /// another store, SQLite in `tlo.db` beside the config file.
 async fn orchestrator(cli: &Cli, config: &Config) -> Result<Tlo, Failure> {
-    orchestrator_with(cli, config, |settings| settings).await
+    let tlo = orchestrator_with(cli, config, |settings| settings).await?;
+    // The file is the definitions provider: processes it names exist on the store.
+    config.define_processes(&tlo).await?;
+    Ok(tlo)
 }
 
 /// Like [`orchestrator`], with a last word on the settings.
@@ -356,6 +378,24 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Retry { ref id } => {
             let tlo = orchestrator(&cli, &load(&cli)?).await?;
             Ok(commands::retry(&tlo, id).await?)
+        }
+        Command::Launch { ref id, wait } => {
+            let tlo = orchestrator(&cli, &load(&cli)?).await?;
+            match commands::launch(&tlo, id, wait).await? {
+                0 => Ok(()),
+                code => Err(Failure::Exit(code)),
+            }
+        }
+        Command::Dismiss { ref id } => {
+            let tlo = orchestrator(&cli, &load(&cli)?).await?;
+            match commands::dismiss(&tlo, id).await? {
+                0 => Ok(()),
+                code => Err(Failure::Exit(code)),
+            }
+        }
+        Command::Tree { ref id } => {
+            let tlo = orchestrator(&cli, &load(&cli)?).await?;
+            Ok(commands::tree(&tlo, id).await?)
         }
         Command::Dag { ref name, dot } => {
             let config = load(&cli)?;

@@ -369,3 +369,69 @@ fn a_workflow_runs_from_a_second_terminal_and_reports_its_nodes() {
     assert!(stdout.contains("UPSTREAM_FAILED"), "{stdout}");
     assert!(stdout.contains("command exited with code 4"), "{stdout}");
 }
+
+#[test]
+fn a_config_process_is_launched_dismissed_and_shown_from_a_second_terminal() {
+    let dir = scratch("processes");
+    let config = dir.join("tlo.toml");
+    std::fs::write(
+        &config,
+        "[settings]\npoll_interval_ms = 50\n\n\
+         [tasks.greet]\ncommand = \"echo hello {name}\"\n\n\
+         [processes.greeter]\ntask = \"greet\"\nname = \"Greeter\"\n\
+         params = { name = \"Ada\" }\nmetadata = { team = \"core\" }\n",
+    )
+    .unwrap();
+    let _run = start_run(&config);
+    let cli = |args: &[&str]| run(tlo().arg("-c").arg(&config).args(args));
+
+    let tree = text(&cli(&["tree", "greeter"]).stdout);
+    assert!(tree.starts_with("Greeter\tidle\t"), "{tree}");
+    let out = cli(&["launch", "greeter", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let tree = text(&cli(&["tree", "greeter"]).stdout);
+    assert!(tree.starts_with("Greeter\tdone\t"), "{tree}");
+
+    let out = cli(&["launch", "nobody"]);
+    assert_eq!(out.status.code(), Some(6), "a refused launch exits 6");
+    assert!(
+        text(&out.stderr).contains("not-found"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = cli(&["dismiss", "greeter"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "greeter idle");
+    let out = cli(&["dismiss", "greeter"]);
+    assert_eq!(out.status.code(), Some(6));
+    assert!(
+        text(&out.stderr).contains("not-dismissable"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn check_names_a_process_without_a_known_task_with_its_line() {
+    let dir = scratch("bad-process");
+    let config = dir.join("tlo.toml");
+    std::fs::write(
+        &config,
+        "[tasks.greet]\ncommand = \"echo hi\"\n\n\
+         [processes.one]\ntask = \"gret\"\n\n\
+         [processes.two]\nname = \"no task\"\ncolour = \"red\"\n",
+    )
+    .unwrap();
+    let out = run(tlo().arg("-c").arg(&config).arg("check"));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(":5:8: process `one` names task `gret`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(":9:1: unknown key `colour` in [processes.two]"),
+        "{stderr}"
+    );
+}

@@ -669,6 +669,41 @@ pub async fn relaunch_runs_an_ended_job_again<S: Store>(store: Arc<S>) {
     );
 }
 
+/// A process: created `idle` (never claimed), launched to `scheduled`, dismissed back to
+/// `idle` once ended with its result and progress cleared; dismissing an active job is illegal.
+pub async fn idle_jobs_launch_and_dismiss<S: Store>(store: Arc<S>) {
+    let mut new = job("t");
+    new.state = JobState::Idle;
+    let id = put(&*store, vec![new]).await[0];
+    assert!(claim(&*store, 1).await.is_empty(), "idle is never claimed");
+    let launched = store.relaunch(id, Utc::now()).await.unwrap();
+    assert_eq!(launched.state, JobState::Scheduled);
+    assert!(matches!(
+        store.change(id, Change::Dismiss).await,
+        Err(Error::IllegalTransition { .. })
+    ));
+    claim(&*store, 1).await;
+    store
+        .set_progress(
+            id,
+            1,
+            Progress {
+                percent: Some(40.0),
+                message: Some("m".into()),
+            },
+        )
+        .await
+        .unwrap();
+    complete(&*store, id, 1, Outcome::Done(json!("r")))
+        .await
+        .unwrap();
+    let idle = store.change(id, Change::Dismiss).await.unwrap();
+    assert_eq!((idle.state, idle.result.clone()), (JobState::Idle, None));
+    assert_eq!(idle.progress, Progress::default());
+    let stored = store.get(id).await.unwrap().unwrap();
+    assert_eq!((stored.state, stored.finished_at), (JobState::Idle, None));
+}
+
 /// Pruning removes old ended jobs of one state with their logs, and never anything active.
 pub async fn prune_removes_only_old_ended_jobs<S: Store>(store: Arc<S>) {
     let ids = put(&*store, vec![job("t"), job("t"), job("t")]).await;

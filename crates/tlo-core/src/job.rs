@@ -28,6 +28,20 @@ impl JobId {
     pub fn new() -> Self {
         JobId(Uuid::now_v7())
     }
+
+    /// The id of the process named `name`: the same on every host and in every run, so a
+    /// process is found by its name without a lookup table.
+    ///
+    /// ```
+    /// use tlo_core::JobId;
+    /// assert_eq!(JobId::for_process("nightly-report"), JobId::for_process("nightly-report"));
+    /// assert_ne!(JobId::for_process("a"), JobId::for_process("b"));
+    /// ```
+    pub fn for_process(name: &str) -> Self {
+        // A fixed namespace for tlo process names (a random v4, chosen once).
+        const PROCESSES: Uuid = Uuid::from_u128(0x6f1c_2a4e_93d7_4b0e_9a52_1c7e_5d08_b3f4);
+        JobId(Uuid::new_v5(&PROCESSES, name.as_bytes()))
+    }
 }
 
 impl Default for JobId {

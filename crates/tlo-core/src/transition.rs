@@ -184,7 +184,7 @@ pub fn apply_rescue(job: &mut Job, now: DateTime<Utc>) {
 /// with one more attempt allowed; the previous run's result, error, progress and end time are
 /// cleared, its attempt history kept.
 pub fn apply_relaunch(job: &mut Job, eta: DateTime<Utc>) -> Result<()> {
-    if !job.state.is_end() {
+    if !(job.state.is_end() || job.state == JobState::Idle) {
         return Err(Error::IllegalTransition {
             job: job.id,
             from: job.state,
@@ -194,6 +194,12 @@ pub fn apply_relaunch(job: &mut Job, eta: DateTime<Utc>) -> Result<()> {
     job.state = JobState::Scheduled;
     job.eta = eta;
     job.max_attempts = job.max_attempts.max(job.attempt + 1);
+    clear_run(job);
+    Ok(())
+}
+
+/// Forgets the previous run's outcome (its attempt history stays).
+fn clear_run(job: &mut Job) {
     job.result = None;
     job.error = None;
     job.progress = Progress::default();
@@ -201,7 +207,6 @@ pub fn apply_relaunch(job: &mut Job, eta: DateTime<Utc>) -> Result<()> {
     job.finished_at = None;
     job.worker = None;
     job.lease_until = None;
-    Ok(())
 }
 
 /// A change to a job that waits in `scheduled` (a workflow node waiting for its dependencies).
@@ -219,9 +224,13 @@ pub enum Change {
         /// Why, e.g. `UPSTREAM_FAILED`.
         error: String,
     },
+    /// Back to `idle` after it ended (a dismissed process), clearing the run's progress,
+    /// result, error and times.
+    Dismiss,
 }
 
-/// Applies a [`Change`]; only a `scheduled` job can be released or skipped.
+/// Applies a [`Change`]; only a `scheduled` job can be released or skipped, only an ended
+/// one dismissed.
 pub fn apply_change(job: &mut Job, change: &Change, now: DateTime<Utc>) -> Result<()> {
     match change {
         Change::Release { args, eta } => {
@@ -240,6 +249,17 @@ pub fn apply_change(job: &mut Job, change: &Change, now: DateTime<Utc>) -> Resul
             job.state = JobState::Skipped;
             job.error = Some(error.clone());
             job.finished_at = Some(now);
+        }
+        Change::Dismiss => {
+            if !job.state.is_end() {
+                return Err(Error::IllegalTransition {
+                    job: job.id,
+                    from: job.state,
+                    to: JobState::Idle,
+                });
+            }
+            job.state = JobState::Idle;
+            clear_run(job);
         }
     }
     Ok(())

@@ -108,6 +108,8 @@ pub(crate) struct Engine {
     pub(crate) registry: Arc<TaskRegistry>,
     pub(crate) events: EventBus,
     pub(crate) hooks: Hooks,
+    /// Launch blocks on processes (in this process's memory).
+    pub(crate) launch_blocks: Arc<crate::process::LaunchBlocks>,
     pub(crate) metrics: Metrics,
     /// Handed to every job's context with one reference count: services and a way back here.
     pub(crate) shared: Arc<crate::context::Shared>,
@@ -176,6 +178,7 @@ impl Engine {
             registry,
             events: EventBus::new(4096),
             hooks,
+            launch_blocks: Arc::default(),
             metrics: Metrics::default(),
             shared: Arc::new(crate::context::Shared {
                 services,

@@ -34,6 +34,7 @@ mod events;
 mod handle;
 mod maintenance;
 mod metrics;
+mod process;
 mod registry;
 mod runner;
 mod schedule;
@@ -55,6 +56,7 @@ pub use engine::SubmitOptions;
 pub use events::{Hooks, JobEvent, JobEventKind};
 pub use handle::{JobEvents, JobHandle};
 pub use metrics::{DurationStats, MetricsSnapshot, TaskMetrics};
+pub use process::{ControlError, LaunchBlock, PROCESS_METADATA_KEY, ProcessDefinition};
 pub use registry::TaskRegistry;
 pub use schedule::{MAX_CATCH_UP, MisfirePolicy, Schedule, SlotDecision};
 pub use settings::{

@@ -81,6 +81,10 @@ impl Tlo {
         Self::builder().build()
     }
 
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
     /// The resolved settings.
     pub fn settings(&self) -> &Settings {
         &self.engine.settings

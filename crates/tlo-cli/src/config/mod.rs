@@ -17,8 +17,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod processes;
 mod workflows;
 
+pub(crate) use processes::ProcessConfig;
 pub(crate) use workflows::WorkflowConfig;
 
 use serde_json::{Map, Value};
@@ -66,6 +68,8 @@ pub(crate) struct Config {
     pub(crate) tasks: Vec<TaskConfig>,
     /// `[workflows.*]` tables in file order.
     pub(crate) workflows: Vec<WorkflowConfig>,
+    /// `[processes.*]` tables in file order.
+    pub(crate) processes: Vec<ProcessConfig>,
 }
 
 impl fmt::Debug for Config {
@@ -190,6 +194,7 @@ impl Config {
         let mut settings = Vec::new();
         let mut tasks = Vec::new();
         let mut workflows = Vec::new();
+        let mut processes = Vec::new();
         for (key, value) in entries(document.get_ref()) {
             match key_str(key) {
                 "settings" => {
@@ -215,10 +220,19 @@ impl Config {
                         }
                     }
                 }
+                "processes" => {
+                    if let Some(table) = checker.table(value, "`processes`") {
+                        for (id, process) in entries(table) {
+                            if let Some(process) = checker.process(id, process) {
+                                processes.push(process);
+                            }
+                        }
+                    }
+                }
                 other => checker.error(
                     key.span(),
                     format!(
-                        "unknown top-level table `{other}` (expected settings, tasks or workflows)"
+                        "unknown top-level table `{other}` (expected settings, tasks, workflows or processes)"
                     ),
                 ),
             }
@@ -237,12 +251,27 @@ impl Config {
                 }
             }
         }
+        for process in &processes {
+            let task = &process.definition.task;
+            if !tasks.iter().any(|t: &TaskConfig| &t.name == task) {
+                let (line, column) = process.task_at;
+                checker.errors.push(ConfigError {
+                    line,
+                    column,
+                    message: format!(
+                        "process `{}` names task `{task}`, which no [tasks.{task}] defines",
+                        process.definition.id
+                    ),
+                });
+            }
+        }
         if checker.errors.is_empty() {
             Ok(Config {
                 path: path.map(Path::to_path_buf),
                 settings,
                 tasks,
                 workflows,
+                processes,
             })
         } else {
             Err(checker.into_errors(label))
@@ -308,6 +337,15 @@ impl Config {
         }
         for workflow in &self.workflows {
             tlo.register_workflow(workflow.workflow.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Creates every `[processes.*]` process on the store that does not exist yet (existing
+    /// ones keep their state and run).
+    pub(crate) async fn define_processes(&self, tlo: &Tlo) -> tlo::Result<()> {
+        for process in &self.processes {
+            tlo.define_process(process.definition.clone()).await?;
         }
         Ok(())
     }

@@ -1,0 +1,364 @@
+//! Processes (optio): long-lived jobs with a user-chosen id, defined once, then launched,
+//! cancelled and dismissed by that id, each control returning a typed outcome.
+//!
+//! A process is an ordinary job: its id is derived from its name
+//! ([`JobId::for_process`]), it waits in `idle` until launched, and a launch moves it to
+//! `scheduled` for any worker to run. So it is as durable as any job on every store.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde_json::{Map, Value};
+use tlo_core::{CancelOutcome, Error, Job, JobId, JobState};
+
+use crate::engine::SubmitOptions;
+use crate::tlo::Tlo;
+
+/// The metadata key under which a process keeps its descriptive fields.
+pub const PROCESS_METADATA_KEY: &str = "process";
+
+/// A process to create: which task runs it, with which parameters, and how it is shown.
+///
+/// ```
+/// let def = tlo::ProcessDefinition::new("nightly-report", "report")
+///     .name("Nightly report")
+///     .params(serde_json::json!({"day": "yesterday"}))
+///     .metadata("team", "billing");
+/// assert_eq!(def.id, "nightly-report");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ProcessDefinition {
+    /// The unique, user-chosen id.
+    pub id: String,
+    /// The registered task that runs it.
+    pub task: String,
+    /// A human name (default: the id).
+    pub name: Option<String>,
+    /// What it does.
+    pub description: Option<String>,
+    /// The task's arguments.
+    pub params: Value,
+    /// Metadata: filters, launch blocks and children see it.
+    pub metadata: Map<String, Value>,
+    /// Whether a running launch may be cancelled (default true).
+    pub cancellable: bool,
+    /// A caution shown to operators before launching it.
+    pub warning: Option<String>,
+    /// Marks a process for special treatment in listings (optio's `special`).
+    pub special: bool,
+}
+
+impl ProcessDefinition {
+    /// A process `id` run by `task`, with `{}` as parameters.
+    pub fn new(id: impl Into<String>, task: impl Into<String>) -> Self {
+        ProcessDefinition {
+            id: id.into(),
+            task: task.into(),
+            name: None,
+            description: None,
+            params: Value::Object(Map::new()),
+            metadata: Map::new(),
+            cancellable: true,
+            warning: None,
+            special: false,
+        }
+    }
+    /// Sets the human name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// Sets the description.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+    /// Sets the task's arguments.
+    pub fn params(mut self, params: Value) -> Self {
+        self.params = params;
+        self
+    }
+    /// Adds one metadata entry.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+    /// Sets whether a running launch may be cancelled.
+    pub fn cancellable(mut self, cancellable: bool) -> Self {
+        self.cancellable = cancellable;
+        self
+    }
+    /// Sets the operator warning.
+    pub fn warning(mut self, warning: impl Into<String>) -> Self {
+        self.warning = Some(warning.into());
+        self
+    }
+    /// Marks the process special.
+    pub fn special(mut self, special: bool) -> Self {
+        self.special = special;
+        self
+    }
+
+    fn descriptor(&self) -> Value {
+        serde_json::json!({
+            "id": self.id,
+            "name": self.name.clone().unwrap_or_else(|| self.id.clone()),
+            "description": self.description,
+            "warning": self.warning,
+            "special": self.special,
+        })
+    }
+}
+
+/// Why a process control was refused; each reason has a stable kebab-case
+/// [`code`](ControlError::code) for the CLI and HTTP clients.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// No process has this id.
+    #[error("not-found: no process {0:?}")]
+    NotFound(String),
+    /// It is already scheduled or running.
+    #[error("not-launchable: process {id:?} is {state}")]
+    NotLaunchable {
+        /// The process id.
+        id: String,
+        /// Its state now.
+        state: JobState,
+    },
+    /// A launch block matches its metadata.
+    #[error("launch-blocked: process {id:?}: {reason}")]
+    LaunchBlocked {
+        /// The process id.
+        id: String,
+        /// The block's reason (the first matching block's, when several match).
+        reason: String,
+    },
+    /// It is not running, or it runs but was defined not cancellable.
+    #[error("not-cancellable: process {id:?} is {state}")]
+    NotCancellable {
+        /// The process id.
+        id: String,
+        /// Its state now.
+        state: JobState,
+    },
+    /// It has not ended (only an ended process goes back to idle).
+    #[error("not-dismissable: process {id:?} is {state}")]
+    NotDismissable {
+        /// The process id.
+        id: String,
+        /// Its state now.
+        state: JobState,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+impl ControlError {
+    /// The reason as a stable code: `not-found`, `not-launchable`, `launch-blocked`,
+    /// `not-cancellable`, `not-dismissable` or `store`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ControlError::NotFound(_) => "not-found",
+            ControlError::NotLaunchable { .. } => "not-launchable",
+            ControlError::LaunchBlocked { .. } => "launch-blocked",
+            ControlError::NotCancellable { .. } => "not-cancellable",
+            ControlError::NotDismissable { .. } => "not-dismissable",
+            ControlError::Store(_) => "store",
+        }
+    }
+}
+
+/// A rule refusing launches of the processes whose metadata matches, until removed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchBlock {
+    /// Identifies the block for [`Tlo::unblock_launches`].
+    pub id: u64,
+    /// Metadata every key of which a process must match to be blocked (empty: all).
+    pub filter: Map<String, Value>,
+    /// Why, reported in [`ControlError::LaunchBlocked`].
+    pub reason: String,
+}
+
+/// The launch blocks of one `Tlo` (stackable: any matching block refuses).
+#[derive(Debug, Default)]
+pub(crate) struct LaunchBlocks {
+    blocks: Mutex<(u64, Vec<LaunchBlock>)>,
+}
+
+impl LaunchBlocks {
+    fn add(&self, filter: Map<String, Value>, reason: String) -> LaunchBlock {
+        let mut blocks = self.blocks.lock();
+        blocks.0 += 1;
+        let block = LaunchBlock {
+            id: blocks.0,
+            filter,
+            reason,
+        };
+        blocks.1.push(block.clone());
+        block
+    }
+
+    fn remove(&self, id: u64) -> bool {
+        let mut blocks = self.blocks.lock();
+        let before = blocks.1.len();
+        blocks.1.retain(|block| block.id != id);
+        blocks.1.len() != before
+    }
+
+    fn matching(&self, job: &Job) -> Option<String> {
+        self.blocks
+            .lock()
+            .1
+            .iter()
+            .find(|block| job.metadata_matches(&block.filter))
+            .map(|block| block.reason.clone())
+    }
+
+    fn list(&self) -> Vec<LaunchBlock> {
+        self.blocks.lock().1.clone()
+    }
+}
+
+impl Tlo {
+    /// Creates the process `def` in `idle` (not launched); when it exists already, returns
+    /// its id and leaves it as it is.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let tlo = tlo::Tlo::builder().build()?;
+    /// tlo.register("report", tlo::TaskOptions::new(), |_ctx, _: serde_json::Value| async move {
+    ///     Ok::<_, String>("sent")
+    /// })?;
+    /// let id = tlo.define_process(tlo::ProcessDefinition::new("nightly", "report")).await?;
+    /// assert_eq!(tlo.job(id).await?.state, tlo::JobState::Idle);
+    /// # Ok::<(), tlo::Error>(()) }).unwrap();
+    /// ```
+    pub async fn define_process(&self, def: ProcessDefinition) -> tlo_core::Result<JobId> {
+        let engine = self.engine();
+        let task = engine.registry.require(&def.task)?;
+        let mut metadata = def.metadata.clone();
+        metadata.insert(PROCESS_METADATA_KEY.into(), def.descriptor());
+        let options = SubmitOptions {
+            metadata,
+            unique_key: Some(format!("process:{}", def.id)),
+            ..SubmitOptions::default()
+        };
+        let mut job = engine.prepare(&task, def.params.clone(), options, false)?;
+        job.id = JobId::for_process(&def.id);
+        job.root = job.id;
+        job.state = JobState::Idle;
+        job.cancellable = def.cancellable;
+        let enqueued = engine.enqueue(vec![job]).await?;
+        Ok(enqueued[0].id)
+    }
+
+    /// The process `id`, if defined.
+    pub async fn process(&self, id: &str) -> tlo_core::Result<Option<Job>> {
+        self.engine().store.get(JobId::for_process(id)).await
+    }
+
+    async fn require_process(&self, id: &str) -> Result<Job, ControlError> {
+        self.process(id)
+            .await?
+            .ok_or_else(|| ControlError::NotFound(id.to_owned()))
+    }
+
+    /// Launches the process `id` (fire and forget): `idle` or ended -> `scheduled`, the
+    /// previous run's result, error and progress cleared.
+    pub async fn launch(&self, id: &str) -> Result<Job, ControlError> {
+        let job = self.require_process(id).await?;
+        if !(job.state == JobState::Idle || job.state.is_end()) {
+            return Err(ControlError::NotLaunchable {
+                id: id.to_owned(),
+                state: job.state,
+            });
+        }
+        if let Some(reason) = self.launch_blocks().matching(&job) {
+            return Err(ControlError::LaunchBlocked {
+                id: id.to_owned(),
+                reason,
+            });
+        }
+        self.retry(job.id).await.map_err(|err| match err {
+            // Another launcher won the race.
+            Error::IllegalTransition { from, .. } => ControlError::NotLaunchable {
+                id: id.to_owned(),
+                state: from,
+            },
+            other => ControlError::Store(other),
+        })
+    }
+
+    /// Launches the process `id` and waits for the run to end; returns the ended job
+    /// (which may have failed or been cancelled: see its state).
+    pub async fn launch_and_wait(&self, id: &str) -> Result<Job, ControlError> {
+        let job = self.launch(id).await?;
+        Ok(self.handle::<Value>(job.id).wait().await?)
+    }
+
+    /// Cancels the running (or scheduled) launch of process `id`.
+    pub async fn cancel_process(&self, id: &str) -> Result<CancelOutcome, ControlError> {
+        let job = self.require_process(id).await?;
+        let refused = || ControlError::NotCancellable {
+            id: id.to_owned(),
+            state: job.state,
+        };
+        if !job.state.is_active() || (job.state.is_executing() && !job.cancellable) {
+            return Err(refused());
+        }
+        match self.cancel(job.id).await {
+            Ok(outcome) => Ok(outcome),
+            Err(Error::NotCancellable(_) | Error::IllegalTransition { .. }) => Err(refused()),
+            Err(other) => Err(ControlError::Store(other)),
+        }
+    }
+
+    /// Puts the ended process `id` back to `idle`, clearing its result, error and progress.
+    pub async fn dismiss(&self, id: &str) -> Result<Job, ControlError> {
+        let job = self.require_process(id).await?;
+        let refused = |state| ControlError::NotDismissable {
+            id: id.to_owned(),
+            state,
+        };
+        if !job.state.is_end() {
+            return Err(refused(job.state));
+        }
+        match self
+            .engine()
+            .store
+            .change(job.id, tlo_core::transition::Change::Dismiss)
+            .await
+        {
+            Ok(job) => Ok(job),
+            Err(Error::IllegalTransition { from, .. }) => Err(refused(from)),
+            Err(other) => Err(ControlError::Store(other)),
+        }
+    }
+
+    /// Refuses launches of the processes whose metadata matches `filter` (every key equal;
+    /// empty blocks all), until [`unblock_launches`](Tlo::unblock_launches). Blocks stack.
+    pub fn block_launches(
+        &self,
+        filter: Map<String, Value>,
+        reason: impl Into<String>,
+    ) -> LaunchBlock {
+        self.launch_blocks().add(filter, reason.into())
+    }
+
+    /// Removes a launch block; false when there was none with this id.
+    pub fn unblock_launches(&self, block: u64) -> bool {
+        self.launch_blocks().remove(block)
+    }
+
+    /// The launch blocks in force.
+    pub fn launch_blocks_in_force(&self) -> Vec<LaunchBlock> {
+        self.launch_blocks().list()
+    }
+
+    fn launch_blocks(&self) -> &Arc<LaunchBlocks> {
+        &self.engine().launch_blocks
+    }
+}
