@@ -704,6 +704,56 @@ pub async fn idle_jobs_launch_and_dismiss<S: Store>(store: Arc<S>) {
     assert_eq!((stored.state, stored.finished_at), (JobState::Idle, None));
 }
 
+/// One info line of attempt 1.
+fn log_line() -> LogEntry {
+    LogEntry {
+        at: Utc::now(),
+        level: LogLevel::Info,
+        message: "x".into(),
+        attempt: 1,
+    }
+}
+
+/// Delete removes idle and ended jobs with their logs, all or nothing: an active job among
+/// them leaves every job in place. `clear_logs` empties one log.
+pub async fn delete_only_inactive_jobs_with_their_logs<S: Store>(store: Arc<S>) {
+    let mut idle = job("t");
+    idle.state = JobState::Idle;
+    let ids = put(&*store, vec![idle, job("t"), job("t")]).await;
+    claim(&*store, 1).await;
+    complete(&*store, ids[1], 1, Outcome::Done(json!(1)))
+        .await
+        .unwrap();
+    let line = log_line();
+    store.append_logs(ids[1], vec![line.clone()]).await.unwrap();
+    let refused = store.delete(&ids).await.unwrap_err();
+    assert!(
+        matches!(refused, Error::ActiveJob { job, state: JobState::Scheduled } if job == ids[2]),
+        "{refused}"
+    );
+    assert!(
+        store.get(ids[0]).await.unwrap().is_some(),
+        "nothing deleted"
+    );
+    assert_eq!(store.logs(ids[1]).await.unwrap().len(), 1);
+
+    assert_eq!(
+        store.delete(&[ids[0], ids[1], JobId::new()]).await.unwrap(),
+        2
+    );
+    assert!(store.get(ids[0]).await.unwrap().is_none());
+    assert!(store.get(ids[1]).await.unwrap().is_none());
+    assert!(store.get(ids[2]).await.unwrap().is_some());
+
+    store.append_logs(ids[2], vec![line]).await.unwrap();
+    store.clear_logs(ids[2]).await.unwrap();
+    assert!(store.logs(ids[2]).await.unwrap().is_empty());
+    assert!(matches!(
+        store.clear_logs(JobId::new()).await,
+        Err(Error::JobNotFound(_))
+    ));
+}
+
 /// Pruning removes old ended jobs of one state with their logs, and never anything active.
 pub async fn prune_removes_only_old_ended_jobs<S: Store>(store: Arc<S>) {
     let ids = put(&*store, vec![job("t"), job("t"), job("t")]).await;
@@ -711,12 +761,7 @@ pub async fn prune_removes_only_old_ended_jobs<S: Store>(store: Arc<S>) {
     complete(&*store, ids[0], 1, Outcome::Done(json!(1)))
         .await
         .unwrap();
-    let line = LogEntry {
-        at: Utc::now(),
-        level: LogLevel::Info,
-        message: "x".into(),
-        attempt: 1,
-    };
+    let line = log_line();
     store.append_logs(ids[0], vec![line]).await.unwrap();
     store.request_cancel(ids[1]).await.unwrap();
     let future = Utc::now() + TimeDelta::seconds(1);

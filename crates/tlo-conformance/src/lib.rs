@@ -58,6 +58,7 @@ macro_rules! store_conformance {
             schedule_slots_fire_once,
             relaunch_runs_an_ended_job_again,
             idle_jobs_launch_and_dismiss,
+            delete_only_inactive_jobs_with_their_logs,
             prune_removes_only_old_ended_jobs,
             complete_and_claim_in_one_round,
             waiting_jobs_are_released_or_skipped,

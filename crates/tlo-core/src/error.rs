@@ -74,6 +74,14 @@ pub enum Error {
         /// The job's current attempt.
         current: u32,
     },
+    /// Only idle or ended jobs can be deleted; this one is active.
+    #[error("job {job} is {state}: only idle or ended jobs can be deleted")]
+    ActiveJob {
+        /// The job.
+        job: JobId,
+        /// Its state.
+        state: crate::JobState,
+    },
     /// The task of this job was registered as not cancellable.
     #[error("job {0} is not cancellable")]
     NotCancellable(JobId),

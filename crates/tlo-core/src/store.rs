@@ -194,6 +194,13 @@ pub trait Store: Send + Sync + 'static {
     /// ever pruned.
     async fn prune(&self, state: JobState, before: DateTime<Utc>, limit: usize) -> Result<usize>;
 
+    /// Deletes these jobs with their logs (ids not found are skipped); returns how many were
+    /// deleted. When one of them is active, nothing is deleted: [`Error::ActiveJob`].
+    async fn delete(&self, ids: &[JobId]) -> Result<usize>;
+
+    /// Empties a job's log (a relaunched or dismissed process starts a fresh one).
+    async fn clear_logs(&self, id: JobId) -> Result<()>;
+
     /// Records that `schedule` fired for `slot`; `false` when that slot (or a later one) was
     /// already taken, by this or any other scheduler.
     async fn claim_schedule_slot(&self, schedule: &str, slot: DateTime<Utc>) -> Result<bool>;

@@ -224,13 +224,23 @@ pub enum Change {
         /// Why, e.g. `UPSTREAM_FAILED`.
         error: String,
     },
+    /// New definition fields for a process, in whatever state it is: the next run uses them,
+    /// the current one (if any) is left alone.
+    Redefine {
+        /// The arguments of its next runs.
+        args: serde_json::Value,
+        /// Its metadata.
+        metadata: serde_json::Map<String, serde_json::Value>,
+        /// Whether a running launch may be cancelled.
+        cancellable: bool,
+    },
     /// Back to `idle` after it ended (a dismissed process), clearing the run's progress,
     /// result, error and times.
     Dismiss,
 }
 
 /// Applies a [`Change`]; only a `scheduled` job can be released or skipped, only an ended
-/// one dismissed.
+/// one dismissed; any can be redefined.
 pub fn apply_change(job: &mut Job, change: &Change, now: DateTime<Utc>) -> Result<()> {
     match change {
         Change::Release { args, eta } => {
@@ -249,6 +259,15 @@ pub fn apply_change(job: &mut Job, change: &Change, now: DateTime<Utc>) -> Resul
             job.state = JobState::Skipped;
             job.error = Some(error.clone());
             job.finished_at = Some(now);
+        }
+        Change::Redefine {
+            args,
+            metadata,
+            cancellable,
+        } => {
+            job.args = args.clone();
+            job.metadata = metadata.clone();
+            job.cancellable = *cancellable;
         }
         Change::Dismiss => {
             if !job.state.is_end() {

@@ -500,6 +500,42 @@ impl Store for MemoryStore {
         Ok(doomed.len())
     }
 
+    async fn delete(&self, ids: &[JobId]) -> Result<usize> {
+        let mut inner = self.inner.lock();
+        for id in ids {
+            if let Some(entry) = inner.jobs.get(id) {
+                if entry.job.state.is_active() {
+                    return Err(Error::ActiveJob {
+                        job: *id,
+                        state: entry.job.state,
+                    });
+                }
+            }
+        }
+        let mut deleted = 0;
+        for id in ids {
+            if let Some(entry) = inner.jobs.remove(id) {
+                deleted += 1;
+                if let Some(key) = entry.job.unique_key {
+                    if inner.unique.get(&key) == Some(id) {
+                        inner.unique.remove(&key);
+                    }
+                }
+            }
+            inner.logs.remove(id);
+        }
+        Ok(deleted)
+    }
+
+    async fn clear_logs(&self, id: JobId) -> Result<()> {
+        let mut inner = self.inner.lock();
+        if !inner.jobs.contains_key(&id) {
+            return Err(Error::JobNotFound(id));
+        }
+        inner.logs.remove(&id);
+        Ok(())
+    }
+
     async fn claim_schedule_slot(&self, schedule: &str, slot: DateTime<Utc>) -> Result<bool> {
         let mut inner = self.inner.lock();
         match inner.slots.get(schedule) {

@@ -763,6 +763,59 @@ impl Store for PostgresStore {
         Ok(ids.len())
     }
 
+    async fn delete(&self, ids: &[JobId]) -> Result<usize> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT id, state FROM {} WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                    self.t("jobs")
+                ),
+                &[&ids],
+            )
+            .await
+            .map_err(pg_error)?;
+        for row in &rows {
+            let state: JobState = row.get::<_, String>(1).parse()?;
+            if state.is_active() {
+                return Err(Error::ActiveJob {
+                    job: JobId(row.get(0)),
+                    state,
+                });
+            }
+        }
+        let deleted = tx
+            .execute(
+                &format!("DELETE FROM {} WHERE id = ANY($1)", self.t("jobs")),
+                &[&ids],
+            )
+            .await
+            .map_err(pg_error)?;
+        tx.execute(
+            &format!("DELETE FROM {} WHERE job = ANY($1)", self.t("job_logs")),
+            &[&ids],
+        )
+        .await
+        .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(deleted as usize)
+    }
+
+    async fn clear_logs(&self, id: JobId) -> Result<()> {
+        let client = self.client().await?;
+        self.exists(&**client, id).await?;
+        client
+            .execute(
+                &format!("DELETE FROM {} WHERE job = $1", self.t("job_logs")),
+                &[&id.0],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+
     async fn claim_schedule_slot(&self, schedule: &str, slot: DateTime<Utc>) -> Result<bool> {
         let client = self.client().await?;
         let changed = client

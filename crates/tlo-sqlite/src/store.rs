@@ -579,6 +579,49 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn delete(&self, ids: &[JobId]) -> Result<usize> {
+        let ids = ids.to_vec();
+        self.conn
+            .call(move |conn| {
+                // One savepoint: an active job among them rolls every deletion back.
+                let mut deleted = 0;
+                for id in &ids {
+                    let Some(job) = load(conn, *id)? else {
+                        continue;
+                    };
+                    if job.state.is_active() {
+                        return Err(Error::ActiveJob {
+                            job: *id,
+                            state: job.state,
+                        });
+                    }
+                    for sql in [
+                        "DELETE FROM job_logs WHERE job = ?1",
+                        "DELETE FROM jobs WHERE id = ?1",
+                    ] {
+                        conn.prepare_cached(sql)
+                            .and_then(|mut s| s.execute([id.0.as_bytes()]))
+                            .map_err(store_error)?;
+                    }
+                    deleted += 1;
+                }
+                Ok(deleted)
+            })
+            .await
+    }
+
+    async fn clear_logs(&self, id: JobId) -> Result<()> {
+        self.conn
+            .call(move |conn| {
+                require(conn, id)?;
+                conn.prepare_cached("DELETE FROM job_logs WHERE job = ?1")
+                    .and_then(|mut s| s.execute([id.0.as_bytes()]))
+                    .map_err(store_error)?;
+                Ok(())
+            })
+            .await
+    }
+
     async fn claim_schedule_slot(&self, schedule: &str, slot: DateTime<Utc>) -> Result<bool> {
         let schedule = schedule.to_owned();
         self.conn

@@ -56,7 +56,9 @@ pub use engine::SubmitOptions;
 pub use events::{Hooks, JobEvent, JobEventKind};
 pub use handle::{JobEvents, JobHandle};
 pub use metrics::{DurationStats, MetricsSnapshot, TaskMetrics};
-pub use process::{ControlError, LaunchBlock, PROCESS_METADATA_KEY, ProcessDefinition};
+pub use process::{
+    ControlError, LaunchBlock, PROCESS_METADATA_KEY, ProcessDefinition, ResyncReport,
+};
 pub use registry::TaskRegistry;
 pub use schedule::{MAX_CATCH_UP, MisfirePolicy, Schedule, SlotDecision};
 pub use settings::{

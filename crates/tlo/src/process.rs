@@ -222,7 +222,103 @@ impl LaunchBlocks {
     }
 }
 
+/// What [`Tlo::resync`] did, by process id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ResyncReport {
+    /// Processes created (idle).
+    pub created: Vec<String>,
+    /// Existing processes whose definition changed (their run state untouched).
+    pub updated: Vec<String>,
+    /// Processes no longer defined: cancelled if active, then deleted with their children.
+    pub removed: Vec<String>,
+}
+
+fn metadata_of(def: &ProcessDefinition) -> Map<String, Value> {
+    let mut metadata = def.metadata.clone();
+    metadata.insert(PROCESS_METADATA_KEY.into(), def.descriptor());
+    metadata
+}
+
 impl Tlo {
+    /// Brings the store in line with `definitions` (the definitions provider's answer): new
+    /// processes are created idle, existing ones get their new parameters and metadata without
+    /// touching their run state, and with `clean`, the processes matching `metadata_filter`
+    /// (every key equal; empty: all) that are no longer defined are cancelled, given the
+    /// cancel grace period to end, and deleted with their children.
+    pub async fn resync(
+        &self,
+        definitions: &[ProcessDefinition],
+        clean: bool,
+        metadata_filter: &Map<String, Value>,
+    ) -> tlo_core::Result<ResyncReport> {
+        let mut report = ResyncReport::default();
+        for def in definitions {
+            match self.process(&def.id).await? {
+                None => {
+                    self.define_process(def.clone()).await?;
+                    report.created.push(def.id.clone());
+                }
+                Some(job) => {
+                    let wanted = self.process_job(def)?;
+                    if job.args != wanted.args
+                        || job.metadata != wanted.metadata
+                        || job.cancellable != wanted.cancellable
+                    {
+                        let change = tlo_core::transition::Change::Redefine {
+                            args: wanted.args,
+                            metadata: wanted.metadata,
+                            cancellable: wanted.cancellable,
+                        };
+                        self.engine().store.change(job.id, change).await?;
+                        report.updated.push(def.id.clone());
+                    }
+                }
+            }
+        }
+        if clean {
+            let filter = tlo_core::JobFilter {
+                metadata: metadata_filter.clone(),
+                ..tlo_core::JobFilter::default()
+            };
+            let defined: std::collections::HashSet<JobId> = definitions
+                .iter()
+                .map(|def| JobId::for_process(&def.id))
+                .collect();
+            for job in self.engine().store.list(&filter).await? {
+                let Some(id) = job.metadata[PROCESS_METADATA_KEY]["id"].as_str() else {
+                    continue;
+                };
+                if job.parent.is_some() || defined.contains(&job.id) {
+                    continue;
+                }
+                self.remove_process(&job).await?;
+                report.removed.push(id.to_owned());
+            }
+        }
+        Ok(report)
+    }
+
+    /// Cancels `job` if active, waits up to the cancel grace period (and a poll) for it to
+    /// end, then deletes it with its children.
+    async fn remove_process(&self, job: &Job) -> tlo_core::Result<()> {
+        if job.state.is_active() {
+            match self.cancel(job.id).await {
+                Ok(_) | Err(Error::IllegalTransition { .. }) => {}
+                Err(Error::NotCancellable(_)) => {
+                    // Not cancellable: it is left to end on its own, then deleted below.
+                }
+                Err(other) => return Err(other),
+            }
+            let settings = self.settings();
+            let patience = settings.cancel_grace + settings.poll_interval * 2;
+            self.handle::<Value>(job.id).wait_timeout(patience).await?;
+        }
+        let mut ids = self.descendants(job).await?;
+        ids.push(job.id);
+        self.engine().store.delete(&ids).await.map(drop)
+    }
+
     /// Creates the process `def` in `idle` (not launched); when it exists already, returns
     /// its id and leaves it as it is.
     ///
@@ -237,12 +333,17 @@ impl Tlo {
     /// # Ok::<(), tlo::Error>(()) }).unwrap();
     /// ```
     pub async fn define_process(&self, def: ProcessDefinition) -> tlo_core::Result<JobId> {
+        let job = self.process_job(&def)?;
+        let enqueued = self.engine().enqueue(vec![job]).await?;
+        Ok(enqueued[0].id)
+    }
+
+    /// The idle job `def` stands for (its task's options and metadata applied).
+    fn process_job(&self, def: &ProcessDefinition) -> tlo_core::Result<tlo_core::NewJob> {
         let engine = self.engine();
         let task = engine.registry.require(&def.task)?;
-        let mut metadata = def.metadata.clone();
-        metadata.insert(PROCESS_METADATA_KEY.into(), def.descriptor());
         let options = SubmitOptions {
-            metadata,
+            metadata: metadata_of(def),
             unique_key: Some(format!("process:{}", def.id)),
             ..SubmitOptions::default()
         };
@@ -251,8 +352,7 @@ impl Tlo {
         job.root = job.id;
         job.state = JobState::Idle;
         job.cancellable = def.cancellable;
-        let enqueued = engine.enqueue(vec![job]).await?;
-        Ok(enqueued[0].id)
+        Ok(job)
     }
 
     /// The process `id`, if defined.
@@ -281,6 +381,9 @@ impl Tlo {
                 id: id.to_owned(),
                 reason,
             });
+        }
+        if job.state.is_end() {
+            self.forget_previous_run(&job).await?;
         }
         self.retry(job.id).await.map_err(|err| match err {
             // Another launcher won the race.
@@ -332,10 +435,60 @@ impl Tlo {
             .change(job.id, tlo_core::transition::Change::Dismiss)
             .await
         {
-            Ok(job) => Ok(job),
+            Ok(idle) => {
+                self.forget_previous_run(&idle).await?;
+                Ok(idle)
+            }
             Err(Error::IllegalTransition { from, .. }) => Err(refused(from)),
             Err(other) => Err(ControlError::Store(other)),
         }
+    }
+
+    /// Deletes the idle or ended process `id` with its children and log.
+    pub async fn delete_process(&self, id: &str) -> Result<usize, ControlError> {
+        let job = self.require_process(id).await?;
+        let mut ids = self.descendants(&job).await?;
+        ids.push(job.id);
+        match self.engine().store.delete(&ids).await {
+            Ok(deleted) => Ok(deleted),
+            Err(Error::ActiveJob { state, .. }) => Err(ControlError::NotDismissable {
+                id: id.to_owned(),
+                state,
+            }),
+            Err(other) => Err(ControlError::Store(other)),
+        }
+    }
+
+    /// Every job below `job` in its tree.
+    async fn descendants(&self, job: &Job) -> tlo_core::Result<Vec<JobId>> {
+        let tree = self
+            .engine()
+            .store
+            .list(&tlo_core::JobFilter::default().root(job.root))
+            .await?;
+        // Sorted by depth: a parent is always seen before its children.
+        let mut below = tlo_core::JobIdSet::default();
+        let mut ids = Vec::new();
+        for member in &tree {
+            if member
+                .parent
+                .is_some_and(|p| p == job.id || below.contains(&p))
+            {
+                below.insert(member.id);
+                ids.push(member.id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Clears what the last run left: its children and its log.
+    async fn forget_previous_run(&self, job: &Job) -> tlo_core::Result<()> {
+        let children = self.descendants(job).await?;
+        let store = &self.engine().store;
+        if !children.is_empty() {
+            store.delete(&children).await?;
+        }
+        store.clear_logs(job.id).await
     }
 
     /// Refuses launches of the processes whose metadata matches `filter` (every key equal;

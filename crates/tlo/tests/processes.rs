@@ -190,3 +190,120 @@ async fn launch_blocks_match_metadata_stack_and_lift() {
     let job = tlo.launch("billing-report").await.unwrap();
     assert_eq!(job.state, JobState::Scheduled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relaunch_and_dismiss_clear_the_previous_runs_children_and_log() {
+    for tlo in on_every_store("forget").await {
+        let store = tlo.store().name();
+        let step = tlo
+            .register("step", TaskOptions::new(), |_ctx, n: i64| async move {
+                Ok::<_, String>(n + 1)
+            })
+            .unwrap();
+        tlo.register("pipeline", TaskOptions::new(), move |ctx, _: Value| {
+            let step = step.clone();
+            async move {
+                ctx.log(tlo::LogLevel::Info, format!("attempt {}", ctx.attempt()));
+                let child = ctx
+                    .run_child(&step, 1, tlo::ChildOptions::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(child.result.unwrap_or_default())
+            }
+        })
+        .unwrap();
+        let id = tlo
+            .define_process(ProcessDefinition::new("pipeline", "pipeline"))
+            .await
+            .unwrap();
+        tlo.start().unwrap();
+        let children = || async {
+            tlo.jobs(&tlo::JobFilter::default().parent(id))
+                .await
+                .unwrap()
+        };
+
+        assert_eq!(
+            tlo.launch_and_wait("pipeline").await.unwrap().result,
+            Some(json!(2))
+        );
+        let first = children().await;
+        assert_eq!(first.len(), 1, "{store}");
+        assert_eq!(tlo.logs(id).await.unwrap().len(), 1, "{store}");
+
+        tlo.launch_and_wait("pipeline").await.unwrap();
+        let second = children().await;
+        assert_eq!(second.len(), 1, "{store}: the first run's child is gone");
+        assert_ne!(second[0].id, first[0].id, "{store}");
+        let log = tlo.logs(id).await.unwrap();
+        assert_eq!(log.len(), 1, "{store}: a fresh log");
+        assert_eq!(log[0].message, "attempt 2", "{store}");
+
+        tlo.dismiss("pipeline").await.unwrap();
+        assert!(children().await.is_empty(), "{store}");
+        assert!(tlo.logs(id).await.unwrap().is_empty(), "{store}");
+
+        tlo.launch_and_wait("pipeline").await.unwrap();
+        assert_eq!(tlo.delete_process("pipeline").await.unwrap(), 2, "{store}");
+        assert!(tlo.process("pipeline").await.unwrap().is_none(), "{store}");
+        assert!(children().await.is_empty(), "{store}");
+        assert_eq!(
+            tlo.delete_process("pipeline").await.unwrap_err().code(),
+            "not-found"
+        );
+        tlo.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_creates_updates_and_removes_within_its_metadata_scope() {
+    for tlo in on_every_store("resync").await {
+        let store = tlo.store().name();
+        register(&tlo);
+        let core = |id: &str, params: Value| {
+            ProcessDefinition::new(id, "greet")
+                .params(params)
+                .metadata("team", "core")
+        };
+        let other = ProcessDefinition::new("theirs", "greet").metadata("team", "other");
+        let mut scope = Map::new();
+        scope.insert("team".into(), json!("core"));
+
+        let first = [
+            core("a", json!({"name": "A"})),
+            core("b", json!({"wait": true})),
+        ];
+        let report = tlo.resync(&first, true, &scope).await.unwrap();
+        assert_eq!(report.created, ["a", "b"], "{store}");
+        tlo.define_process(other).await.unwrap();
+        assert!(tlo.resync(&first, true, &scope).await.unwrap() == tlo::ResyncReport::default());
+
+        tlo.start().unwrap();
+        tlo.launch("b").await.unwrap();
+        eventually("b runs", || async {
+            tlo.process("b").await.unwrap().unwrap().state == JobState::Running
+        })
+        .await;
+        let second = [core("a", json!({"name": "Alan"})), core("c", json!({}))];
+        let report = tlo.resync(&second, true, &scope).await.unwrap();
+        assert_eq!(report.created, ["c"], "{store}");
+        assert_eq!(report.updated, ["a"], "{store}");
+        assert_eq!(report.removed, ["b"], "{store}");
+        assert!(
+            tlo.process("b").await.unwrap().is_none(),
+            "{store}: b deleted"
+        );
+        assert!(
+            tlo.process("theirs").await.unwrap().is_some(),
+            "{store}: out of scope"
+        );
+        let a = tlo.process("a").await.unwrap().unwrap();
+        assert_eq!(
+            (a.state, a.args.clone()),
+            (JobState::Idle, json!({"name": "Alan"}))
+        );
+        let ran = tlo.launch_and_wait("a").await.unwrap();
+        assert_eq!(ran.result, Some(json!("hello Alan")), "{store}");
+        tlo.stop().await.unwrap();
+    }
+}

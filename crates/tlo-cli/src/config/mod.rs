@@ -341,13 +341,16 @@ impl Config {
         Ok(())
     }
 
-    /// Creates every `[processes.*]` process on the store that does not exist yet (existing
-    /// ones keep their state and run).
+    /// Resyncs the store with the `[processes.*]` tables: new ones are created idle, edited
+    /// ones updated (their run state untouched). Processes the file no longer names are left
+    /// alone: they may have been defined by a program (`tlo.resync` with `clean` removes).
     pub(crate) async fn define_processes(&self, tlo: &Tlo) -> tlo::Result<()> {
-        for process in &self.processes {
-            tlo.define_process(process.definition.clone()).await?;
-        }
-        Ok(())
+        let definitions: Vec<_> = self
+            .processes
+            .iter()
+            .map(|p| p.definition.clone())
+            .collect();
+        tlo.resync(&definitions, false, &Map::new()).await.map(drop)
     }
 
     /// The workflow `name`.
