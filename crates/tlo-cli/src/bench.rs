@@ -30,6 +30,9 @@ pub(crate) enum Workload {
     /// One run of an N-node layered DAG of no-op tasks (each node after up to 3 nodes of the
     /// previous layer): overhead per node.
     Dag,
+    /// One parent job running a parallel group of N no-op children, all at once: the time from
+    /// submitting the parent to its end (`group_ms`).
+    Group,
 }
 
 /// One measurement, printed as a JSON line.
@@ -48,6 +51,8 @@ pub(crate) struct Measurement {
     insert_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     per_node_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     p50_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -230,6 +235,47 @@ fn round3(x: f64) -> f64 {
 }
 
 /// Runs one layered DAG of `n` no-op nodes and reports the time per node.
+/// `--workload group`: a parent runs `n` no-op children in one parallel group of width `n`.
+pub(crate) async fn group(
+    target: &Target,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Measurement> {
+    if n == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    let store = target.store;
+    let (tlo, pg) = orchestrator(target, concurrency, |_| {}).await?;
+    let noop = tlo.register("noop", TaskOptions::new(), |_ctx, _: u32| async {
+        Ok::<_, String>(())
+    })?;
+    let parent = tlo.register("parent", TaskOptions::new(), move |ctx, n: u32| {
+        let noop = noop.clone();
+        async move {
+            let children = ctx
+                .parallel_group(n as usize, &noop, 0..n, tlo::ChildOptions::default())
+                .await
+                .map_err(|err| err.to_string())?;
+            Ok::<_, String>(children.len())
+        }
+    })?;
+    tlo.start()?;
+    let started = Instant::now();
+    let ran = tlo.submit(&parent, n as u32).await?.result().await?;
+    let secs = started.elapsed().as_secs_f64();
+    tlo.stop().await?;
+    if let Some(pg) = pg {
+        pg.drop_schema().await?;
+    }
+    if ran != n {
+        bail!("the group ran {ran} children, not {n}");
+    }
+    let mut m = base(store, "group", n, concurrency);
+    m.group_ms = Some(round3(secs * 1e3));
+    m.jobs_per_s = Some(round(n as f64 / secs));
+    Ok(m)
+}
+
 pub(crate) async fn dag(
     target: &Target,
     n: usize,

@@ -129,7 +129,7 @@ enum Command {
         #[arg(long, value_enum, default_value = "drain")]
         workload: Workload,
         /// Jobs to run (default: 100000 for drain in memory, 20000 on durable stores, 200 for
-        /// latency).
+        /// latency, 1000 children for group).
         #[arg(long)]
         jobs: Option<usize>,
         /// Nodes of the DAG workload (default 1000).
@@ -465,6 +465,9 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 }
                 Workload::Dag => {
                     bench::dag(&target, nodes.or(jobs).unwrap_or(1_000), concurrency).await?
+                }
+                Workload::Group => {
+                    bench::group(&target, jobs.unwrap_or(1_000), concurrency).await?
                 }
             };
             println!(

@@ -149,6 +149,7 @@ fn bench_prints_one_json_line_per_measurement() {
     for (workload, jobs, fields) in [
         ("drain", "2000", &["jobs_per_s", "insert_per_s"][..]),
         ("latency", "5", &["p50_ms", "p95_ms", "p99_ms"][..]),
+        ("group", "200", &["group_ms", "jobs_per_s"][..]),
     ] {
         let out = run(tlo().args([
             "bench",

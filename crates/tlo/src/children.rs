@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -47,18 +48,35 @@ impl TaskContext {
         args: A,
     ) -> Result<JobHandle<O>> {
         let engine = self.engine()?;
+        let id = self.start_children(&engine, task, vec![args]).await?[0];
+        Ok(JobHandle::new(engine, id, true))
+    }
+
+    /// Starts children of `task` in one store write; their ids in order.
+    async fn start_children<A: Serialize, O>(
+        &self,
+        engine: &Arc<Engine>,
+        task: &TaskRef<A, O>,
+        args: Vec<A>,
+    ) -> Result<Vec<JobId>> {
         let def = engine.registry.require(task.name())?;
         let parent = self.job();
-        let mut options = SubmitOptions::new();
-        options.metadata = parent.metadata.clone();
-        let mut new = engine.prepare(&def, serde_json::to_value(args)?, options, true)?;
-        new.parent = Some(parent.id);
-        new.root = parent.root;
-        new.depth = parent.depth + 1;
-        new.order = self.inner.children.fetch_add(1, Ordering::AcqRel);
-        let id = new.id;
-        engine.enqueue(vec![new]).await?;
-        Ok(JobHandle::new(engine, id, true))
+        let children = args
+            .into_iter()
+            .map(|args| {
+                let mut options = SubmitOptions::new();
+                options.metadata = parent.metadata.clone();
+                let mut new = engine.prepare(&def, serde_json::to_value(args)?, options, true)?;
+                new.parent = Some(parent.id);
+                new.root = parent.root;
+                new.depth = parent.depth + 1;
+                new.order = self.inner.children.fetch_add(1, Ordering::AcqRel);
+                Ok(new)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ids = children.iter().map(|child| child.id).collect();
+        engine.enqueue(children).await?;
+        Ok(ids)
     }
 
     /// Runs a child to its end and returns its result. A failed (or cancelled) child is an
@@ -78,6 +96,9 @@ impl TaskContext {
     /// Runs children with at most `max_concurrency` at once; outcomes come in completion order.
     /// Unless `options` says to survive, the first failure cancels the siblings still running,
     /// and the parent gets an error naming the failed child once all have ended.
+    ///
+    /// Children that end on this orchestrator are reported to the group directly; the store is
+    /// read now and then for those that end elsewhere (other processes, cancels).
     pub async fn parallel_group<A: Serialize, O: DeserializeOwned>(
         &self,
         max_concurrency: usize,
@@ -85,37 +106,79 @@ impl TaskContext {
         args: impl IntoIterator<Item = A>,
         options: ChildOptions,
     ) -> Result<Vec<ChildOutcome<O>>> {
+        let engine = self.engine()?;
+        let me = self.job().id;
+        let (ends, mut ended) = tokio::sync::mpsc::unbounded_channel();
+        let listener = EndListener::register(&engine, me, ends);
+        let _aside = SlotAside::new(&engine);
+        let poll = if listener.is_some() {
+            engine
+                .settings
+                .poll_interval
+                .min(Duration::from_millis(200))
+        } else {
+            Duration::from_millis(5)
+        };
+        let limit = max_concurrency.max(1);
         let mut pending: std::collections::VecDeque<A> = args.into_iter().collect();
-        let mut running: Vec<JobHandle<O>> = Vec::new();
+        let mut running = tlo_core::JobIdSet::default();
         let mut outcomes = Vec::new();
         let mut first_error: Option<Error> = None;
+        let mut cancelled = false;
         loop {
-            while first_error.is_none() && running.len() < max_concurrency.max(1) {
-                let Some(args) = pending.pop_front() else {
-                    break;
-                };
-                running.push(self.start_child(task, args).await?);
+            if first_error.is_none() && !cancelled && running.len() < limit {
+                let room = (limit - running.len()).min(pending.len());
+                let batch: Vec<A> = pending.drain(..room).collect();
+                if !batch.is_empty() {
+                    running.extend(self.start_children(&engine, task, batch).await?);
+                }
             }
             if running.is_empty() {
                 break;
             }
-            let (index, job) = self.wait_any(&running).await?;
-            running.swap_remove(index);
-            match outcome(task.name(), job, options) {
-                Ok(done) => outcomes.push(done),
-                Err(err) => {
-                    if first_error.is_none() {
-                        let engine = self.engine()?;
-                        for sibling in &running {
-                            let _ = engine.cancel(sibling.id()).await;
-                        }
+            let mut ends: Vec<Job> = Vec::new();
+            tokio::select! {
+                Some(job) = ended.recv() => {
+                    ends.push(job);
+                    while let Ok(job) = ended.try_recv() {
+                        ends.push(job);
                     }
-                    first_error.get_or_insert(err);
+                }
+                _ = tokio::time::sleep(poll) => {
+                    let filter = tlo_core::JobFilter::default().parent(me);
+                    ends = engine.store.list(&filter).await?;
+                    ends.retain(|job| job.state.is_end() && running.contains(&job.id));
+                    ends.sort_by_key(|job| job.finished_at);
+                }
+                _ = self.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    for child in &running {
+                        let _ = engine.cancel(*child).await;
+                    }
+                }
+            }
+            for job in ends {
+                if !running.remove(&job.id) {
+                    continue; // Seen already (told directly and read from the store).
+                }
+                match outcome(task.name(), job, options) {
+                    Ok(done) => outcomes.push(done),
+                    Err(err) => {
+                        if first_error.is_none() {
+                            for sibling in &running {
+                                let _ = engine.cancel(*sibling).await;
+                            }
+                        }
+                        first_error.get_or_insert(err);
+                    }
                 }
             }
         }
+        drop(listener);
         match first_error {
             Some(err) => Err(err),
+            // Cancelled before every child could start: the group is not complete.
+            None if cancelled && !pending.is_empty() => Err(Error::JobCancelled(me)),
             None => Ok(outcomes),
         }
     }
@@ -159,6 +222,37 @@ impl TaskContext {
                 _ = tokio::time::sleep(poll) => {}
             }
         }
+    }
+}
+
+/// A parent told of its children's ends directly by the runners of this orchestrator, while
+/// it waits on a group; `None` when something else listens for that parent already.
+struct EndListener {
+    engine: Arc<Engine>,
+    parent: JobId,
+}
+
+impl EndListener {
+    fn register(
+        engine: &Arc<Engine>,
+        parent: JobId,
+        ends: tokio::sync::mpsc::UnboundedSender<Job>,
+    ) -> Option<Self> {
+        let mut coordinators = engine.coordinators.lock();
+        if coordinators.contains_key(&parent) {
+            return None;
+        }
+        coordinators.insert(parent, ends);
+        Some(EndListener {
+            engine: engine.clone(),
+            parent,
+        })
+    }
+}
+
+impl Drop for EndListener {
+    fn drop(&mut self) {
+        self.engine.coordinators.lock().remove(&self.parent);
     }
 }
 

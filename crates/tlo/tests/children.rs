@@ -237,3 +237,37 @@ async fn cancelling_a_parent_cancels_its_active_children() {
     assert_eq!(children[0].state, JobState::Cancelled);
     tlo.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wide_parallel_group_runs_every_child_once_with_all_its_outcomes() {
+    let tlo = tlo();
+    let double = tlo
+        .register("double", TaskOptions::new(), |_ctx, n: u32| async move {
+            Ok::<_, String>(n * 2)
+        })
+        .unwrap();
+    let parent = tlo
+        .register("wide", TaskOptions::new(), move |ctx, n: u32| {
+            let double = double.clone();
+            async move {
+                let outcomes = ctx
+                    .parallel_group(n as usize, &double, 0..n, tlo::ChildOptions::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut results: Vec<u32> = outcomes.iter().filter_map(|o| o.result).collect();
+                results.sort_unstable();
+                Ok::<_, String>(results)
+            }
+        })
+        .unwrap();
+    tlo.start().unwrap();
+    let results = tlo
+        .submit(&parent, 500)
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
+    assert_eq!(results, (0..500).map(|n| n * 2).collect::<Vec<_>>());
+    tlo.stop().await.unwrap();
+}
