@@ -234,7 +234,6 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// Runs one layered DAG of `n` no-op nodes and reports the time per node.
 /// `--workload group`: a parent runs `n` no-op children in one parallel group of width `n`.
 pub(crate) async fn group(
     target: &Target,
@@ -276,6 +275,7 @@ pub(crate) async fn group(
     Ok(m)
 }
 
+/// Runs one layered DAG of `n` no-op nodes and reports the time per node.
 pub(crate) async fn dag(
     target: &Target,
     n: usize,
