@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pg_workers::*;
-use tlo::{PostgresOptions, PostgresStore};
+use tlo::{JobState, PostgresOptions, PostgresStore, Store};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_drain_ten_thousand_jobs_each_exactly_once() {
@@ -91,4 +91,67 @@ async fn migrations_run_at_start_unless_disabled_and_always_with_tlo_migrate() {
         "already up to date"
     );
     store.drop_schema().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_run_survives_its_worker_being_killed() {
+    let setup = setup("wfkill", 0).await;
+    let out = setup.dir.join("nodes.txt");
+    std::fs::write(
+        &setup.config,
+        format!(
+            "[workflows.w.nodes.first]\ncommand = \"echo first >> {out}\"\n\n\
+             [workflows.w.nodes.slow]\ncommand = \"sleep 2; echo slow >> {out}\"\nafter = [\"first\"]\nmax_attempts = 3\n\n\
+             [workflows.w.nodes.last]\ncommand = \"echo last >> {out}\"\nafter = [\"slow\"]\n",
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    let mut victim = worker(&setup, "victim");
+    let submit = Command::new(env!("CARGO_BIN_EXE_tlo"))
+        .arg("-c")
+        .arg(&setup.config)
+        .args(["workflow", "run", "w"])
+        .env("TLO_TASK_STATE_STORE", "postgres")
+        .env("TLO_DATABASE_URL", url())
+        .env("TLO_DATABASE_SCHEMA", &setup.schema)
+        .output()
+        .unwrap();
+    assert!(
+        submit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submit.stderr)
+    );
+    let run: tlo::JobId = String::from_utf8_lossy(&submit.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&out)
+        .unwrap_or_default()
+        .contains("first")
+    {
+        assert!(Instant::now() < deadline, "the first node never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // `slow` is running now
+    victim.0.kill().unwrap();
+    victim.0.wait().unwrap();
+    let _survivor = worker(&setup, "survivor");
+    loop {
+        let job = setup.store.get(run).await.unwrap().unwrap();
+        if job.state.is_end() {
+            assert_eq!(job.state, JobState::Done, "{:?}", job.error);
+            assert!(job.attempts.len() >= 2, "the coordinator was rescued");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(30),
+            "run never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lines = std::fs::read_to_string(&out).unwrap();
+    assert!(lines.ends_with("slow\nlast\n"), "{lines}");
+    setup.store.drop_schema().await.unwrap();
 }
