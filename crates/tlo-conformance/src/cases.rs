@@ -789,6 +789,18 @@ pub async fn prune_removes_only_old_ended_jobs<S: Store>(store: Arc<S>) {
         store.prune(JobState::Cancelled, future, 10).await.unwrap(),
         1
     );
+
+    // A process lives until deleted, however long ago it ended.
+    let mut process = job("t");
+    process.unique_key = Some(format!("{}nightly", tlo_core::PROCESS_KEY_PREFIX));
+    let process = put(&*store, vec![process]).await[0];
+    claim(&*store, 2).await; // The waiting job above, then the process.
+    complete(&*store, process, 1, Outcome::Done(json!(1)))
+        .await
+        .unwrap();
+    let later = Utc::now() + TimeDelta::seconds(1);
+    assert_eq!(store.prune(JobState::Done, later, 10).await.unwrap(), 0);
+    assert!(store.get(process).await.unwrap().is_some());
 }
 
 /// Completions and the next claims in one round: each completion succeeds or fails alone.

@@ -23,6 +23,9 @@ use crate::{Error, JobState};
 #[serde(transparent)]
 pub struct JobId(pub Uuid);
 
+/// The unique-key prefix of processes: jobs that live until deleted, never pruned.
+pub const PROCESS_KEY_PREFIX: &str = "process:";
+
 impl JobId {
     /// A fresh, time-ordered id.
     pub fn new() -> Self {

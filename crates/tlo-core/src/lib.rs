@@ -16,7 +16,7 @@ pub mod transition;
 pub use error::{Error, Result};
 pub use job::{
     AttemptRecord, Job, JobFilter, JobId, JobIdHasher, JobIdMap, JobIdSet, LogEntry, LogLevel,
-    NewJob, Progress,
+    NewJob, PROCESS_KEY_PREFIX, Progress,
 };
 pub use locker::Locker;
 pub use state::JobState;

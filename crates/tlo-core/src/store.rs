@@ -191,7 +191,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes up to `limit` jobs in end state `state` that finished before `before`, with their
     /// logs; returns how many. A state that is not an end state is refused: nothing active is
-    /// ever pruned.
+    /// ever pruned. Processes (unique key starting with [`PROCESS_KEY_PREFIX`]) are kept: they
+    /// live until deleted.
+    ///
+    /// [`PROCESS_KEY_PREFIX`]: crate::PROCESS_KEY_PREFIX
     async fn prune(&self, state: JobState, before: DateTime<Utc>, limit: usize) -> Result<usize>;
 
     /// Deletes these jobs with their logs (ids not found are skipped); returns how many were

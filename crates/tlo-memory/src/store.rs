@@ -484,6 +484,12 @@ impl Store for MemoryStore {
             .jobs
             .values()
             .filter(|e| e.job.state == state && e.job.finished_at.is_some_and(|at| at < before))
+            .filter(|e| {
+                e.job
+                    .unique_key
+                    .as_deref()
+                    .is_none_or(|key| !key.starts_with(tlo_core::PROCESS_KEY_PREFIX))
+            })
             .map(|e| e.job.id)
             .take(limit)
             .collect();

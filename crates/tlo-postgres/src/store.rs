@@ -744,6 +744,7 @@ impl Store for PostgresStore {
                 &format!(
                     "DELETE FROM {jobs} WHERE id IN (
                          SELECT id FROM {jobs} WHERE state = $1 AND finished_at < $2
+                           AND (unique_key IS NULL OR unique_key NOT LIKE 'process:%')
                          LIMIT $3 FOR UPDATE SKIP LOCKED)
                      RETURNING id",
                     jobs = self.t("jobs")

@@ -556,7 +556,9 @@ impl Store for SqliteStore {
                 let ids: Vec<Vec<u8>> = {
                     let mut stmt = conn
                         .prepare_cached(
-                            "SELECT id FROM jobs WHERE state = ?1 AND finished_at < ?2 LIMIT ?3",
+                            "SELECT id FROM jobs WHERE state = ?1 AND finished_at < ?2
+                             AND (unique_key IS NULL OR unique_key NOT LIKE 'process:%')
+                             LIMIT ?3",
                         )
                         .map_err(store_error)?;
                     let rows = stmt

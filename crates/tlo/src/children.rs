@@ -14,13 +14,99 @@ use crate::engine::{Engine, SubmitOptions};
 use crate::handle::JobHandle;
 use crate::task::TaskRef;
 
-/// How a parent treats a child's end.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How a parent treats a child's end, and follows its progress.
+#[derive(Debug, Clone, Default)]
 pub struct ChildOptions {
     /// A failed child is an outcome, not an error of the parent.
     pub survive_failure: bool,
     /// A cancelled child is an outcome, not an error of the parent.
     pub survive_cancel: bool,
+    /// How the parent's progress follows the children's (default: it does not).
+    pub progress: ChildProgress,
+}
+
+impl ChildOptions {
+    /// Sets how the parent's progress follows the children's.
+    pub fn progress(mut self, progress: ChildProgress) -> Self {
+        self.progress = progress;
+        self
+    }
+}
+
+/// Told the children's progress; see [`ChildProgress::Callback`].
+pub type ProgressCallback = Arc<dyn Fn(&[tlo_core::Progress]) + Send + Sync>;
+
+/// How a parent's progress follows its children's while it waits for them.
+///
+/// ```
+/// use tlo::ChildProgress;
+/// // The second of four steps run one after another moves the parent from 25% to 50%.
+/// assert_eq!(ChildProgress::sequential(1, 4).map(50.0), Some(37.5));
+/// assert_eq!(ChildProgress::mapped(10.0, 20.0).map(100.0), Some(20.0));
+/// ```
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum ChildProgress {
+    /// The parent's progress is its own business.
+    #[default]
+    Ignore,
+    /// The parent goes from `from` to `to` percent as the child goes from 0 to 100 (the
+    /// child's message becomes the parent's). For `run_child`.
+    Mapped {
+        /// The parent's percent when the child starts.
+        from: f64,
+        /// The parent's percent when the child is done.
+        to: f64,
+    },
+    /// The parent's percent is the mean of its group's children (an ended child counts as
+    /// 100, one not started yet as 0). For `parallel_group`.
+    Average,
+    /// Called with the child's progress whenever it changes (`run_child`), or with every
+    /// child's of the group in start order (`parallel_group`).
+    Callback(ProgressCallback),
+}
+
+impl std::fmt::Debug for ChildProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChildProgress::Ignore => f.write_str("Ignore"),
+            ChildProgress::Mapped { from, to } => write!(f, "Mapped({from}..{to})"),
+            ChildProgress::Average => f.write_str("Average"),
+            ChildProgress::Callback(_) => f.write_str("Callback"),
+        }
+    }
+}
+
+impl ChildProgress {
+    /// The parent moves from `from` to `to` percent over the child's run.
+    pub fn mapped(from: f64, to: f64) -> Self {
+        ChildProgress::Mapped { from, to }
+    }
+
+    /// Step `index` (from 0) of `count` steps run one after another: the parent covers the
+    /// step's equal share of 0-100.
+    pub fn sequential(index: usize, count: usize) -> Self {
+        let share = 100.0 / count.max(1) as f64;
+        ChildProgress::Mapped {
+            from: share * index as f64,
+            to: share * (index + 1) as f64,
+        }
+    }
+
+    /// The parent's percent for a child at `percent` (`None` unless mapped).
+    pub fn map(&self, percent: f64) -> Option<f64> {
+        match self {
+            ChildProgress::Mapped { from, to } => {
+                Some(from + (to - from) * percent.clamp(0.0, 100.0) / 100.0)
+            }
+            _ => None,
+        }
+    }
+
+    /// The mean percent of a group's children (`percents` of the started ones, `total` in all).
+    pub fn average(percents: &[f64], total: usize) -> f64 {
+        percents.iter().sum::<f64>() / total.max(1) as f64
+    }
 }
 
 /// How a child ended.
@@ -89,8 +175,8 @@ impl TaskContext {
         options: ChildOptions,
     ) -> Result<ChildOutcome<O>> {
         let child = self.start_child(task, args).await?;
-        let job = self.wait_child(&child).await?;
-        outcome(task.name(), job, options)
+        let job = self.wait_child(&child, &options.progress).await?;
+        outcome(task.name(), job, &options)
     }
 
     /// Runs children with at most `max_concurrency` at once; outcomes come in completion order.
@@ -122,6 +208,15 @@ impl TaskContext {
         let limit = max_concurrency.max(1);
         let mut pending: std::collections::VecDeque<A> = args.into_iter().collect();
         let mut running = tlo_core::JobIdSet::default();
+        let total = pending.len();
+        let mut started: Vec<JobId> = Vec::with_capacity(total);
+        let following = !matches!(options.progress, ChildProgress::Ignore);
+        let mut ticker = tokio::time::interval(
+            engine
+                .settings
+                .progress_flush_interval
+                .max(Duration::from_millis(10)),
+        );
         let mut outcomes = Vec::new();
         let mut first_error: Option<Error> = None;
         let mut cancelled = false;
@@ -130,7 +225,9 @@ impl TaskContext {
                 let room = (limit - running.len()).min(pending.len());
                 let batch: Vec<A> = pending.drain(..room).collect();
                 if !batch.is_empty() {
-                    running.extend(self.start_children(&engine, task, batch).await?);
+                    let ids = self.start_children(&engine, task, batch).await?;
+                    running.extend(ids.iter().copied());
+                    started.extend(ids);
                 }
             }
             if running.is_empty() {
@@ -156,12 +253,34 @@ impl TaskContext {
                         let _ = engine.cancel(*child).await;
                     }
                 }
+                _ = ticker.tick(), if following => {
+                    let filter = tlo_core::JobFilter::default().parent(me);
+                    let mut children: tlo_core::JobIdMap<Job> = engine
+                        .store
+                        .list(&filter)
+                        .await?
+                        .into_iter()
+                        .map(|job| (job.id, job))
+                        .collect();
+                    let progress: Vec<tlo_core::Progress> = started
+                        .iter()
+                        .filter_map(|id| children.remove(id))
+                        .map(|job| match (&options.progress, job.state) {
+                            (ChildProgress::Average, state) if state.is_end() => tlo_core::Progress {
+                                percent: Some(100.0),
+                                message: None,
+                            },
+                            _ => job.progress,
+                        })
+                        .collect();
+                    self.follow_progress(&options.progress, &progress, total);
+                }
             }
             for job in ends {
                 if !running.remove(&job.id) {
                     continue; // Seen already (told directly and read from the store).
                 }
-                match outcome(task.name(), job, options) {
+                match outcome(task.name(), job, &options) {
                     Ok(done) => outcomes.push(done),
                     Err(err) => {
                         if first_error.is_none() {
@@ -183,44 +302,63 @@ impl TaskContext {
         }
     }
 
-    /// Waits for a child, cancelling it if the parent is cancelled. While it waits, the parent
-    /// gives its worker slot back, so that waiting parents never starve their own children.
-    async fn wait_child<O>(&self, child: &JobHandle<O>) -> Result<Job> {
-        let (_, job) = self.wait_any(std::slice::from_ref(child)).await?;
-        Ok(job)
-    }
-
-    async fn wait_any<O>(&self, children: &[JobHandle<O>]) -> Result<(usize, Job)> {
+    /// Waits for a child, cancelling it if the parent is cancelled, its progress followed as
+    /// `follow` says. While it waits, the parent gives its worker slot back, so that waiting
+    /// parents never starve their own children.
+    async fn wait_child<O>(&self, child: &JobHandle<O>, follow: &ChildProgress) -> Result<Job> {
         let engine = self.engine()?;
         let _aside = SlotAside::new(&engine);
-        let poll = std::time::Duration::from_millis(5);
+        let poll = Duration::from_millis(5);
         let mut cancelled = false;
+        let mut seen = tlo_core::Progress::default();
         loop {
-            // Of the children that ended, the first to end: outcomes in completion order.
-            let mut first: Option<(usize, Job)> = None;
-            for (index, child) in children.iter().enumerate() {
-                let job = child.job().await?;
-                if job.state.is_end()
-                    && first
-                        .as_ref()
-                        .is_none_or(|(_, f)| job.finished_at < f.finished_at)
-                {
-                    first = Some((index, job));
+            let job = child.job().await?;
+            if job.progress != seen {
+                let mut now = job.progress.clone();
+                if now.message == seen.message {
+                    now.message = None; // Only a new message goes to the parent's log.
                 }
+                self.follow_progress(follow, std::slice::from_ref(&now), 1);
+                seen = job.progress.clone();
             }
-            if let Some(first) = first {
-                return Ok(first);
+            if job.state.is_end() {
+                return Ok(job);
             }
             if !cancelled && !self.should_continue() {
                 cancelled = true;
-                for child in children {
-                    let _ = engine.cancel(child.id()).await;
-                }
+                let _ = engine.cancel(child.id()).await;
             }
             tokio::select! {
                 _ = self.cancelled(), if !cancelled => {}
                 _ = tokio::time::sleep(poll) => {}
             }
+        }
+    }
+
+    /// Reports the parent's progress from its children's (`total` children in all).
+    fn follow_progress(
+        &self,
+        follow: &ChildProgress,
+        children: &[tlo_core::Progress],
+        total: usize,
+    ) {
+        match follow {
+            ChildProgress::Ignore => {}
+            ChildProgress::Mapped { .. } => {
+                if let Some(child) = children.first() {
+                    let percent = child.percent.and_then(|p| follow.map(p));
+                    let message = child.message.clone().unwrap_or_default();
+                    if percent.is_some() || !message.is_empty() {
+                        self.report_progress(percent, message);
+                    }
+                }
+            }
+            ChildProgress::Average => {
+                let percents: Vec<f64> =
+                    children.iter().map(|p| p.percent.unwrap_or(0.0)).collect();
+                self.report_progress(Some(ChildProgress::average(&percents, total)), "");
+            }
+            ChildProgress::Callback(callback) => callback(children),
         }
     }
 }
@@ -282,7 +420,7 @@ impl Drop for SlotAside {
 fn outcome<O: DeserializeOwned>(
     task: &str,
     job: Job,
-    options: ChildOptions,
+    options: &ChildOptions,
 ) -> Result<ChildOutcome<O>> {
     let survive = match job.state {
         JobState::Done => true,

@@ -50,7 +50,7 @@ mod workflow;
 mod workflow_run;
 
 pub use builder::TloBuilder;
-pub use children::{ChildOptions, ChildOutcome};
+pub use children::{ChildOptions, ChildOutcome, ChildProgress, ProgressCallback};
 pub use context::{Services, TaskContext};
 pub use engine::SubmitOptions;
 pub use events::{Hooks, JobEvent, JobEventKind};

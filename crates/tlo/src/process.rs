@@ -344,7 +344,7 @@ impl Tlo {
         let task = engine.registry.require(&def.task)?;
         let options = SubmitOptions {
             metadata: metadata_of(def),
-            unique_key: Some(format!("process:{}", def.id)),
+            unique_key: Some(format!("{}{}", tlo_core::PROCESS_KEY_PREFIX, def.id)),
             ..SubmitOptions::default()
         };
         let mut job = engine.prepare(&task, def.params.clone(), options, false)?;

@@ -271,3 +271,84 @@ async fn a_wide_parallel_group_runs_every_child_once_with_all_its_outcomes() {
     assert_eq!(results, (0..500).map(|n| n * 2).collect::<Vec<_>>());
     tlo.stop().await.unwrap();
 }
+
+/// A child that reports 50% with a message, then holds for a while before it ends.
+fn half_way(tlo: &Tlo) -> tlo::TaskRef<u64, ()> {
+    tlo.register(
+        "half_way",
+        TaskOptions::new(),
+        |ctx, hold_ms: u64| async move {
+            ctx.report_progress(Some(50.0), "half way");
+            tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+            Ok::<_, String>(())
+        },
+    )
+    .unwrap()
+}
+
+async fn parent_percent(tlo: &Tlo, id: tlo::JobId, percent: f64) {
+    eventually(&format!("the parent at {percent}%"), || async {
+        tlo.job(id).await.unwrap().progress.percent == Some(percent)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_follows_sequential_children_and_a_group_on_average() {
+    let tlo = tlo();
+    let child = half_way(&tlo);
+    let group_child = child.clone();
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let recorded = seen.clone();
+    let steps = tlo
+        .register("steps", TaskOptions::new(), move |ctx, hold: u64| {
+            let (child, recorded) = (child.clone(), recorded.clone());
+            async move {
+                for step in 0..2 {
+                    let follow = tlo::ChildProgress::sequential(step, 2);
+                    ctx.run_child(&child, hold, ChildOptions::default().progress(follow))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                let callback = tlo::ChildProgress::Callback(Arc::new(move |children| {
+                    recorded.lock().push(children[0].percent);
+                }));
+                ctx.run_child(&child, 100, ChildOptions::default().progress(callback))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(())
+            }
+        })
+        .unwrap();
+    tlo.start().unwrap();
+    let handle = tlo.submit(&steps, 600).await.unwrap();
+    parent_percent(&tlo, handle.id(), 25.0).await;
+    parent_percent(&tlo, handle.id(), 75.0).await;
+    handle.result().await.unwrap();
+    assert!(seen.lock().contains(&Some(50.0)), "{:?}", seen.lock());
+    let log = tlo.logs(handle.id()).await.unwrap();
+    let relayed = log.iter().filter(|l| l.message == "half way").count();
+    assert_eq!(relayed, 2, "each child's message once: {log:?}");
+
+    let child = group_child;
+    let group = tlo
+        .register("group", TaskOptions::new(), move |ctx, hold: u64| {
+            let child = child.clone();
+            async move {
+                let follow = ChildOptions::default().progress(tlo::ChildProgress::Average);
+                ctx.parallel_group(4, &child, [hold, hold, hold, hold], follow)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(())
+            }
+        })
+        .unwrap();
+    let handle = tlo.submit(&group, 600).await.unwrap();
+    parent_percent(&tlo, handle.id(), 50.0).await;
+    handle.result().await.unwrap();
+    assert_eq!(
+        tlo.job(handle.id()).await.unwrap().progress.percent,
+        Some(100.0)
+    );
+    tlo.stop().await.unwrap();
+}
