@@ -123,7 +123,7 @@ pub struct ChildOutcome<O> {
 }
 
 impl TaskContext {
-    fn engine(&self) -> Result<Arc<Engine>> {
+    pub(crate) fn engine(&self) -> Result<Arc<Engine>> {
         self.inner.shared.engine.upgrade().ok_or(Error::Shutdown)
     }
 

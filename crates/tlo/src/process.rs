@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use tlo_core::{CancelOutcome, Error, Job, JobId, JobState};
 
-use crate::engine::SubmitOptions;
+use crate::engine::{Engine, SubmitOptions};
 use crate::tlo::Tlo;
 
 /// The metadata key under which a process keeps its descriptive fields.
@@ -47,6 +47,8 @@ pub struct ProcessDefinition {
     pub warning: Option<String>,
     /// Marks a process for special treatment in listings (optio's `special`).
     pub special: bool,
+    /// Deleted with its children once a run ends.
+    pub ephemeral: bool,
 }
 
 impl ProcessDefinition {
@@ -62,6 +64,7 @@ impl ProcessDefinition {
             cancellable: true,
             warning: None,
             special: false,
+            ephemeral: false,
         }
     }
     /// Sets the human name.
@@ -99,6 +102,11 @@ impl ProcessDefinition {
         self.special = special;
         self
     }
+    /// An ephemeral process is deleted, with its children, once a run of it ends.
+    pub fn ephemeral(mut self, ephemeral: bool) -> Self {
+        self.ephemeral = ephemeral;
+        self
+    }
 
     fn descriptor(&self) -> Value {
         serde_json::json!({
@@ -107,6 +115,7 @@ impl ProcessDefinition {
             "description": self.description,
             "warning": self.warning,
             "special": self.special,
+            "ephemeral": self.ephemeral,
         })
     }
 }
@@ -461,24 +470,7 @@ impl Tlo {
 
     /// Every job below `job` in its tree.
     async fn descendants(&self, job: &Job) -> tlo_core::Result<Vec<JobId>> {
-        let tree = self
-            .engine()
-            .store
-            .list(&tlo_core::JobFilter::default().root(job.root))
-            .await?;
-        // Sorted by depth: a parent is always seen before its children.
-        let mut below = tlo_core::JobIdSet::default();
-        let mut ids = Vec::new();
-        for member in &tree {
-            if member
-                .parent
-                .is_some_and(|p| p == job.id || below.contains(&p))
-            {
-                below.insert(member.id);
-                ids.push(member.id);
-            }
-        }
-        Ok(ids)
+        descendants(self.engine(), job).await
     }
 
     /// Clears what the last run left: its children and its log.
@@ -513,5 +505,85 @@ impl Tlo {
 
     fn launch_blocks(&self) -> &Arc<LaunchBlocks> {
         &self.engine().launch_blocks
+    }
+}
+
+/// Every job below `job` in its tree.
+async fn descendants(engine: &Engine, job: &Job) -> tlo_core::Result<Vec<JobId>> {
+    let tree = engine
+        .store
+        .list(&tlo_core::JobFilter::default().root(job.root))
+        .await?;
+    // Sorted by depth: a parent is always seen before its children.
+    let mut below = tlo_core::JobIdSet::default();
+    let mut ids = Vec::new();
+    for member in &tree {
+        if member
+            .parent
+            .is_some_and(|p| p == job.id || below.contains(&p))
+        {
+            below.insert(member.id);
+            ids.push(member.id);
+        }
+    }
+    Ok(ids)
+}
+
+/// Whether `job` is a top-level process marked ephemeral.
+pub(crate) fn is_ephemeral(job: &Job) -> bool {
+    job.parent.is_none()
+        && job
+            .metadata
+            .get(PROCESS_METADATA_KEY)
+            .and_then(|process| process.get("ephemeral"))
+            .and_then(Value::as_bool)
+            == Some(true)
+}
+
+/// Deletes an ended ephemeral process with its children, after a short linger (two poll
+/// intervals) so that whoever waits on it still reads how it ended.
+pub(crate) fn forget_ephemeral(engine: &Engine, ended: &Job) {
+    let Some(engine) = engine.shared.engine.upgrade() else {
+        return;
+    };
+    let ended = ended.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(engine.settings.poll_interval * 2).await;
+        let removed = async {
+            let mut ids = descendants(&engine, &ended).await?;
+            ids.push(ended.id);
+            engine.store.delete(&ids).await
+        };
+        match removed.await {
+            Ok(count) => tracing::debug!(job = %ended.id, count, "ephemeral process deleted"),
+            // Relaunched meanwhile (active again): it stays until that run ends.
+            Err(Error::ActiveJob { .. }) => {}
+            Err(err) => {
+                tracing::warn!(job = %ended.id, error = %err, "ephemeral process not deleted")
+            }
+        }
+    });
+}
+
+impl crate::TaskContext {
+    /// Marks the process this handler runs as ephemeral: once this run ends, it is deleted
+    /// with its children. On a job that is not a top-level process, nothing happens.
+    pub async fn mark_ephemeral(&self) -> tlo_core::Result<()> {
+        let engine = self.engine()?;
+        let id = self.job().id;
+        let Some(job) = engine.store.get(id).await? else {
+            return Err(Error::JobNotFound(id));
+        };
+        let mut metadata = job.metadata.clone();
+        let Some(Value::Object(process)) = metadata.get_mut(PROCESS_METADATA_KEY) else {
+            return Ok(());
+        };
+        process.insert("ephemeral".into(), Value::Bool(true));
+        let change = tlo_core::transition::Change::Redefine {
+            args: job.args,
+            metadata,
+            cancellable: job.cancellable,
+        };
+        engine.store.change(id, change).await.map(drop)
     }
 }

@@ -338,6 +338,9 @@ async fn finish(engine: &Engine, job: &Job, outcome: Outcome, batched: bool) -> 
     engine.metrics.count(&ended.task, count, duration);
     Hooks::run(hook_list, &ended);
     announce(engine, &ended, snoozed);
+    if ended.state.is_end() && crate::process::is_ephemeral(&ended) {
+        crate::process::forget_ephemeral(engine, &ended);
+    }
     next
 }
 

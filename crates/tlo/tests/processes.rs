@@ -307,3 +307,58 @@ async fn resync_creates_updates_and_removes_within_its_metadata_scope() {
         tlo.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ephemeral_processes_are_deleted_with_their_children_once_they_end() {
+    for tlo in on_every_store("ephemeral").await {
+        let store = tlo.store().name();
+        let step = tlo
+            .register("step", TaskOptions::new(), |_ctx, n: i64| async move {
+                Ok::<_, String>(n + 1)
+            })
+            .unwrap();
+        tlo.register("once", TaskOptions::new(), move |ctx, args: Value| {
+            let step = step.clone();
+            async move {
+                if args["mark"].as_bool() == Some(true) {
+                    ctx.mark_ephemeral().await.map_err(|e| e.to_string())?;
+                }
+                let child = ctx
+                    .run_child(&step, 1, tlo::ChildOptions::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(child.result.unwrap_or_default())
+            }
+        })
+        .unwrap();
+        let defined = ProcessDefinition::new("defined", "once").ephemeral(true);
+        let marked = ProcessDefinition::new("marked", "once").params(json!({"mark": true}));
+        let kept = ProcessDefinition::new("kept", "once");
+        for def in [defined, marked, kept] {
+            tlo.define_process(def).await.unwrap();
+        }
+        tlo.start().unwrap();
+        for id in ["defined", "marked", "kept"] {
+            let ended = tlo.launch_and_wait(id).await.unwrap();
+            assert_eq!(
+                ended.result,
+                Some(json!(2)),
+                "{store}: {id} read as it ended"
+            );
+        }
+        for id in ["defined", "marked"] {
+            eventually(&format!("{store}: {id} deleted"), || async {
+                tlo.process(id).await.unwrap().is_none()
+            })
+            .await;
+            let children = tlo
+                .jobs(&tlo::JobFilter::default().parent(tlo::JobId::for_process(id)))
+                .await
+                .unwrap();
+            assert!(children.is_empty(), "{store}: {id}'s children went with it");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(tlo.process("kept").await.unwrap().is_some(), "{store}");
+        tlo.stop().await.unwrap();
+    }
+}
