@@ -46,6 +46,14 @@ fn register(tlo: &Tlo) {
     .unwrap();
 }
 
+/// A child task: `n + 1`.
+fn register_step(tlo: &Tlo) -> tlo::TaskRef<i64, i64> {
+    tlo.register("step", TaskOptions::new(), |_ctx, n: i64| async move {
+        Ok::<_, String>(n + 1)
+    })
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_is_defined_idle_launched_by_id_and_dismissed_back_to_idle() {
     for tlo in on_every_store("lifecycle").await {
@@ -195,11 +203,7 @@ async fn launch_blocks_match_metadata_stack_and_lift() {
 async fn relaunch_and_dismiss_clear_the_previous_runs_children_and_log() {
     for tlo in on_every_store("forget").await {
         let store = tlo.store().name();
-        let step = tlo
-            .register("step", TaskOptions::new(), |_ctx, n: i64| async move {
-                Ok::<_, String>(n + 1)
-            })
-            .unwrap();
+        let step = register_step(&tlo);
         tlo.register("pipeline", TaskOptions::new(), move |ctx, _: Value| {
             let step = step.clone();
             async move {
@@ -312,11 +316,7 @@ async fn resync_creates_updates_and_removes_within_its_metadata_scope() {
 async fn ephemeral_processes_are_deleted_with_their_children_once_they_end() {
     for tlo in on_every_store("ephemeral").await {
         let store = tlo.store().name();
-        let step = tlo
-            .register("step", TaskOptions::new(), |_ctx, n: i64| async move {
-                Ok::<_, String>(n + 1)
-            })
-            .unwrap();
+        let step = register_step(&tlo);
         tlo.register("once", TaskOptions::new(), move |ctx, args: Value| {
             let step = step.clone();
             async move {
