@@ -365,8 +365,12 @@ pub(crate) async fn tree(tlo: &Tlo, id: &str) -> anyhow::Result<()> {
     });
     for job in subtree {
         let indent = "  ".repeat((job.depth - base) as usize);
-        let label = job.metadata[tlo::PROCESS_METADATA_KEY]["name"]
-            .as_str()
+        // Children and plain jobs have no process descriptor: their task names them.
+        let label = job
+            .metadata
+            .get(tlo::PROCESS_METADATA_KEY)
+            .and_then(|process| process.get("name"))
+            .and_then(|name| name.as_str())
             .unwrap_or(&job.task);
         let progress = match (job.progress.percent, job.progress.message.as_deref()) {
             (Some(p), Some(m)) => format!(" {p:.0}% {m}"),

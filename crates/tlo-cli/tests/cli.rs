@@ -363,6 +363,12 @@ fn a_workflow_runs_from_a_second_terminal_and_reports_its_nodes() {
         report.contains("second") && report.contains("done"),
         "{report}"
     );
+    // A run is a tree of plain jobs (no process descriptor): each line names its task.
+    let out = cli(&["tree", &run_id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tree = text(&out.stdout);
+    assert_eq!(tree.lines().count(), 3, "the run and its two nodes: {tree}");
+    assert!(tree.lines().skip(1).all(|l| l.starts_with("  ")), "{tree}");
 
     let out = cli(&["workflow", "run", "bad", "--wait"]);
     assert_eq!(out.status.code(), Some(3), "a failed run exits 3");

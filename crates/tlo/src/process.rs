@@ -295,7 +295,13 @@ impl Tlo {
                 .map(|def| JobId::for_process(&def.id))
                 .collect();
             for job in self.engine().store.list(&filter).await? {
-                let Some(id) = job.metadata[PROCESS_METADATA_KEY]["id"].as_str() else {
+                // Plain jobs in scope (no process descriptor) are not the provider's business.
+                let Some(id) = job
+                    .metadata
+                    .get(PROCESS_METADATA_KEY)
+                    .and_then(|process| process.get("id"))
+                    .and_then(Value::as_str)
+                else {
                     continue;
                 };
                 if job.parent.is_some() || defined.contains(&job.id) {

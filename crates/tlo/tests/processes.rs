@@ -280,7 +280,17 @@ async fn resync_creates_updates_and_removes_within_its_metadata_scope() {
         let report = tlo.resync(&first, true, &scope).await.unwrap();
         assert_eq!(report.created, ["a", "b"], "{store}");
         tlo.define_process(other).await.unwrap();
+        // A plain job in scope is not a process: resync neither trips on it nor removes it.
+        let plain = tlo::SubmitOptions::new()
+            .metadata("team", "core")
+            .delay(std::time::Duration::from_secs(3600));
+        let plain = tlo
+            .submit_json("greet", json!({}), plain)
+            .await
+            .unwrap()
+            .id();
         assert!(tlo.resync(&first, true, &scope).await.unwrap() == tlo::ResyncReport::default());
+        assert!(tlo.job(plain).await.is_ok(), "{store}");
 
         tlo.start().unwrap();
         tlo.launch("b").await.unwrap();
