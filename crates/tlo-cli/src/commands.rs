@@ -352,18 +352,8 @@ pub(crate) async fn tree(tlo: &Tlo, id: &str) -> anyhow::Result<()> {
             tlo.job(job_id).await?
         }
     };
-    let jobs = tlo.jobs(&JobFilter::default().root(root.root)).await?;
     let base = root.depth;
-    // Sorted by depth: a parent is always kept before its children are looked at.
-    let mut kept = std::collections::HashSet::from([root.id]);
-    let subtree = jobs.iter().filter(|job| {
-        let keep = job.id == root.id || job.parent.is_some_and(|p| kept.contains(&p));
-        if keep {
-            kept.insert(job.id);
-        }
-        keep
-    });
-    for job in subtree {
+    for job in tlo.tree(root.id).await? {
         let indent = "  ".repeat((job.depth - base) as usize);
         // Children and plain jobs have no process descriptor: their task names them.
         let label = job

@@ -140,7 +140,8 @@ pub(crate) struct Engine {
     pub(crate) drain_since: Mutex<Option<DateTime<Utc>>>,
     /// Claims take turns when per-queue limits are set.
     pub(crate) claim_turn: tokio::sync::Mutex<()>,
-    /// Workflow coordinators running here, by run: told of their nodes' ends directly.
+    /// Parents waiting here for their children (workflow coordinators, parallel groups), by
+    /// parent: the runners hand them their children's ends directly.
     pub(crate) coordinators: Mutex<JobIdMap<tokio::sync::mpsc::UnboundedSender<Job>>>,
     /// Registered workflows, by name.
     pub(crate) workflows: RwLock<HashMap<String, Arc<crate::workflow::Workflow>>>,

@@ -320,18 +320,16 @@ impl Tlo {
         if job.state.is_active() {
             match self.cancel(job.id).await {
                 Ok(_) | Err(Error::IllegalTransition { .. }) => {}
-                Err(Error::NotCancellable(_)) => {
-                    // Not cancellable: it is left to end on its own, then deleted below.
-                }
+                // Not cancellable: it may still end within the wait; if not, the delete
+                // below refuses it (`Error::ActiveJob`).
+                Err(Error::NotCancellable(_)) => {}
                 Err(other) => return Err(other),
             }
             let settings = self.settings();
             let patience = settings.cancel_grace + settings.poll_interval * 2;
             self.handle::<Value>(job.id).wait_timeout(patience).await?;
         }
-        let mut ids = self.descendants(job).await?;
-        ids.push(job.id);
-        self.engine().store.delete(&ids).await.map(drop)
+        delete_tree(self.engine(), job).await.map(drop)
     }
 
     /// Creates the process `def` in `idle` (not launched); when it exists already, returns
@@ -462,9 +460,7 @@ impl Tlo {
     /// Deletes the idle or ended process `id` with its children and log.
     pub async fn delete_process(&self, id: &str) -> Result<usize, ControlError> {
         let job = self.require_process(id).await?;
-        let mut ids = self.descendants(&job).await?;
-        ids.push(job.id);
-        match self.engine().store.delete(&ids).await {
+        match delete_tree(self.engine(), &job).await {
             Ok(deleted) => Ok(deleted),
             Err(Error::ActiveJob { state, .. }) => Err(ControlError::NotDismissable {
                 id: id.to_owned(),
@@ -474,14 +470,22 @@ impl Tlo {
         }
     }
 
-    /// Every job below `job` in its tree.
-    async fn descendants(&self, job: &Job) -> tlo_core::Result<Vec<JobId>> {
-        descendants(self.engine(), job).await
+    /// The job `id` and every job below it (children, their children, ...), parents before
+    /// children, siblings in order: what `tlo tree` shows.
+    pub async fn tree(&self, id: JobId) -> tlo_core::Result<Vec<Job>> {
+        let job = self.job(id).await?;
+        let mut tree = subtree(self.engine(), &job).await?;
+        tree.insert(0, job);
+        Ok(tree)
     }
 
     /// Clears what the last run left: its children and its log.
     async fn forget_previous_run(&self, job: &Job) -> tlo_core::Result<()> {
-        let children = self.descendants(job).await?;
+        let children: Vec<JobId> = subtree(self.engine(), job)
+            .await?
+            .iter()
+            .map(|child| child.id)
+            .collect();
         let store = &self.engine().store;
         if !children.is_empty() {
             store.delete(&children).await?;
@@ -514,25 +518,32 @@ impl Tlo {
     }
 }
 
-/// Every job below `job` in its tree.
-async fn descendants(engine: &Engine, job: &Job) -> tlo_core::Result<Vec<JobId>> {
+/// Every job below `job` in its tree, in the store's order (depth, order, id).
+async fn subtree(engine: &Engine, job: &Job) -> tlo_core::Result<Vec<Job>> {
     let tree = engine
         .store
         .list(&tlo_core::JobFilter::default().root(job.root))
         .await?;
     // Sorted by depth: a parent is always seen before its children.
     let mut below = tlo_core::JobIdSet::default();
-    let mut ids = Vec::new();
-    for member in &tree {
-        if member
-            .parent
-            .is_some_and(|p| p == job.id || below.contains(&p))
-        {
-            below.insert(member.id);
-            ids.push(member.id);
-        }
-    }
-    Ok(ids)
+    below.insert(job.id);
+    Ok(tree
+        .into_iter()
+        .filter(|member| {
+            let keep = member.parent.is_some_and(|p| below.contains(&p));
+            if keep {
+                below.insert(member.id);
+            }
+            keep
+        })
+        .collect())
+}
+
+/// Deletes `job` with every job below it; refused (nothing deleted) while one is active.
+async fn delete_tree(engine: &Engine, job: &Job) -> tlo_core::Result<usize> {
+    let mut ids: Vec<JobId> = subtree(engine, job).await?.iter().map(|j| j.id).collect();
+    ids.push(job.id);
+    engine.store.delete(&ids).await
 }
 
 /// Whether `job` is a top-level process marked ephemeral.
@@ -555,12 +566,7 @@ pub(crate) fn forget_ephemeral(engine: &Engine, ended: &Job) {
     let ended = ended.clone();
     tokio::spawn(async move {
         tokio::time::sleep(engine.settings.poll_interval * 2).await;
-        let removed = async {
-            let mut ids = descendants(&engine, &ended).await?;
-            ids.push(ended.id);
-            engine.store.delete(&ids).await
-        };
-        match removed.await {
+        match delete_tree(&engine, &ended).await {
             Ok(count) => tracing::debug!(job = %ended.id, count, "ephemeral process deleted"),
             // Relaunched meanwhile (active again): it stays until that run ends.
             Err(Error::ActiveJob { .. }) => {}
