@@ -87,22 +87,48 @@ pub(crate) struct Target {
     pub(crate) database_url: String,
 }
 
+/// What a benchmark leaves behind: its SQLite file or PostgreSQL schema, removed by
+/// [`Scratch::remove`] once the orchestrator has stopped.
+enum Scratch {
+    Nothing,
+    Dir(std::path::PathBuf),
+    Schema(tlo::PostgresStore),
+}
+
+impl Scratch {
+    async fn remove(self) -> anyhow::Result<()> {
+        match self {
+            Scratch::Nothing => {}
+            Scratch::Dir(dir) => std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))?,
+            Scratch::Schema(pg) => pg.drop_schema().await?,
+        }
+        Ok(())
+    }
+}
+
 async fn orchestrator(
     target: &Target,
     concurrency: usize,
     on_done: impl Fn(&tlo::Job) + Send + Sync + 'static,
-) -> anyhow::Result<(Tlo, Option<tlo::PostgresStore>)> {
+) -> anyhow::Result<(Tlo, Scratch)> {
     let store = target.store;
     let settings = SettingsBuilder::default().concurrency(concurrency);
     let builder = Tlo::builder().settings(settings).on_task_succeeded(on_done);
     let tlo = match store {
-        BenchStore::Memory => builder.store(tlo::MemoryStore::new()).build()?,
+        BenchStore::Memory => (
+            builder.store(tlo::MemoryStore::new()).build()?,
+            Scratch::Nothing,
+        ),
         BenchStore::Sqlite => {
             let dir = std::env::temp_dir().join(format!("tlo-bench-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             let sqlite = tlo::SqliteStore::open(dir.join("bench.db"))?;
             let locker = sqlite.locker();
-            builder.store(sqlite).locker(locker).build()?
+            (
+                builder.store(sqlite).locker(locker).build()?,
+                Scratch::Dir(dir),
+            )
         }
         BenchStore::Postgres => {
             let options = tlo::PostgresOptions {
@@ -111,11 +137,13 @@ async fn orchestrator(
             };
             let pg = tlo::PostgresStore::connect_with(&target.database_url, options).await?;
             let locker = pg.locker();
-            let tlo = builder.store(pg.clone()).locker(locker).build()?;
-            return Ok((tlo, Some(pg)));
+            (
+                builder.store(pg.clone()).locker(locker).build()?,
+                Scratch::Schema(pg),
+            )
         }
     };
-    Ok((tlo, None))
+    Ok(tlo)
 }
 
 /// Inserts `n` no-op jobs, then times the workers until all are done.
@@ -131,7 +159,7 @@ pub(crate) async fn drain(
     let done = Arc::new(AtomicUsize::new(0));
     let all_done = Arc::new(Notify::new());
     let (counter, notify) = (done.clone(), all_done.clone());
-    let (tlo, pg) = orchestrator(target, concurrency, move |_| {
+    let (tlo, scratch) = orchestrator(target, concurrency, move |_| {
         if counter.fetch_add(1, Ordering::AcqRel) + 1 == n {
             notify.notify_one();
         }
@@ -155,9 +183,7 @@ pub(crate) async fn drain(
     all_done.notified().await;
     let drain_secs = started.elapsed().as_secs_f64();
     tlo.stop().await?;
-    if let Some(pg) = pg {
-        pg.drop_schema().await?;
-    }
+    scratch.remove().await?;
     let mut m = base(store, "drain", n, concurrency);
     m.jobs_per_s = Some(round(n as f64 / drain_secs));
     m.insert_per_s = Some(round(n as f64 / insert_secs));
@@ -185,7 +211,7 @@ async fn measure_latency(
     if n == 0 {
         bail!("--jobs must be at least 1");
     }
-    let (tlo, pg) = orchestrator(&target, concurrency, |_| {}).await?;
+    let (tlo, scratch) = orchestrator(&target, concurrency, |_| {}).await?;
     let starts: Arc<Vec<std::sync::OnceLock<Instant>>> =
         Arc::new((0..n).map(|_| std::sync::OnceLock::new()).collect());
     let seen = starts.clone();
@@ -210,9 +236,7 @@ async fn measure_latency(
         latencies.push(start.duration_since(submitted).as_secs_f64() * 1000.0);
     }
     tlo.stop().await?;
-    if let Some(pg) = pg {
-        pg.drop_schema().await?;
-    }
+    scratch.remove().await?;
     latencies.sort_by(f64::total_cmp);
     let mut m = base(store, "latency", n, concurrency);
     m.p50_ms = Some(round3(percentile(&latencies, 0.50)));
@@ -244,7 +268,7 @@ pub(crate) async fn group(
         bail!("--jobs must be at least 1");
     }
     let store = target.store;
-    let (tlo, pg) = orchestrator(target, concurrency, |_| {}).await?;
+    let (tlo, scratch) = orchestrator(target, concurrency, |_| {}).await?;
     let noop = tlo.register("noop", TaskOptions::new(), |_ctx, _: u32| async {
         Ok::<_, String>(())
     })?;
@@ -263,9 +287,7 @@ pub(crate) async fn group(
     let ran = tlo.submit(&parent, n as u32).await?.result().await?;
     let secs = started.elapsed().as_secs_f64();
     tlo.stop().await?;
-    if let Some(pg) = pg {
-        pg.drop_schema().await?;
-    }
+    scratch.remove().await?;
     if ran != n {
         bail!("the group ran {ran} children, not {n}");
     }
@@ -285,7 +307,7 @@ pub(crate) async fn dag(
         bail!("--jobs must be at least 1");
     }
     let store = target.store;
-    let (tlo, pg) = orchestrator(target, concurrency, |_| {}).await?;
+    let (tlo, scratch) = orchestrator(target, concurrency, |_| {}).await?;
     tlo.register(
         "noop",
         TaskOptions::new(),
@@ -314,9 +336,7 @@ pub(crate) async fn dag(
         .await?;
     let secs = started.elapsed().as_secs_f64();
     tlo.stop().await?;
-    if let Some(pg) = pg {
-        pg.drop_schema().await?;
-    }
+    scratch.remove().await?;
     if report.state != tlo::JobState::Done {
         bail!("the DAG run ended {}: {:?}", report.state, report.error);
     }

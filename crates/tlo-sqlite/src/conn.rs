@@ -44,10 +44,7 @@ impl Conn {
         let (calls, queue) = mpsc::channel::<Call>();
         let (stop, stopped) = mpsc::channel::<()>();
         let checkpointer = Connection::open(path)
-            .and_then(|c| {
-                c.busy_timeout(std::time::Duration::from_secs(10))
-                    .map(|_| c)
-            })
+            .and_then(|c| c.busy_timeout(RESTART_WAIT).map(|_| c))
             .map_err(|err| store_error(format!("cannot open {}: {err}", path.display())))?;
         thread::Builder::new()
             .name("tlo-sqlite-checkpoint".into())
@@ -134,12 +131,36 @@ fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) 
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// WAL frames (16 MiB of 4 KiB pages) past which a passive checkpoint is followed by a
+/// restarting one.
+///
+/// SQLite rewinds the WAL to its start only when a write begins with every frame copied back,
+/// which a busy writer never lets a passive checkpoint reach: the WAL then grows for as long as
+/// the writer is busy (300 MiB in a 40,000-job drain), and every frame lands in a freshly
+/// allocated block the kernel zeroes first (a quarter of the writer thread). A restarting
+/// checkpoint holds the writer back for the few frames written since the passive one, so the
+/// next write rewinds and reuses blocks already on disk.
+const RESTART_AFTER_FRAMES: i64 = 4096;
+
+/// The longest a restarting checkpoint waits for a reader in another process (while holding
+/// this process's writer back); past it, it gives up until the next round.
+const RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Copies the WAL back into the database file now and then, on its own connection, until the
-/// store's connection thread stops; a passive checkpoint never blocks the writer.
+/// store's connection thread stops; a passive checkpoint never blocks the writer, a restarting
+/// one only for the frames written since the passive one.
 fn checkpoint(conn: Connection, stopped: mpsc::Receiver<()>) {
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
-        if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::debug!(error = %err, "sqlite: checkpoint skipped");
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            row.get::<_, i64>(1)
+        }) {
+            Ok(frames) if frames > RESTART_AFTER_FRAMES => {
+                if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+                    tracing::debug!(error = %err, "sqlite: restarting checkpoint skipped");
+                }
+            }
+            Ok(_) => {}
+            Err(err) => tracing::debug!(error = %err, "sqlite: checkpoint skipped"),
         }
     }
     // A last full pass, so a closed store leaves a small WAL behind.
