@@ -270,6 +270,11 @@ impl Workflow {
         self.index.get(name).map(|&i| &self.nodes[i])
     }
 
+    /// Where the node named `name` stands in [`nodes`](Self::nodes).
+    pub(crate) fn position(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
     /// Nodes by depth: layer 0 has no dependencies; a node's layer is one more than its
     /// deepest dependency's.
     pub fn layers(&self) -> Vec<Vec<&str>> {

@@ -150,15 +150,15 @@ fn seconds(start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>) -> Option<f
     Some((end? - start?).as_seconds_f64())
 }
 
-async fn node_jobs(engine: &Engine, run: JobId) -> Result<HashMap<String, Job>> {
-    let jobs = engine.store.list(&JobFilter::default().parent(run)).await?;
-    Ok(jobs
-        .into_iter()
-        .filter_map(|job| {
-            let name = job.metadata.get(NODE_KEY)?.as_str()?.to_owned();
-            Some((name, job))
-        })
-        .collect())
+fn node_name(job: &Job) -> Option<&str> {
+    job.metadata.get(NODE_KEY)?.as_str()
+}
+
+/// The run's node jobs, in node order (stores list children by depth, then order).
+async fn node_jobs(engine: &Engine, run: JobId) -> Result<Vec<Job>> {
+    let mut jobs = engine.store.list(&JobFilter::default().parent(run)).await?;
+    jobs.retain(|job| node_name(job).is_some());
+    Ok(jobs)
 }
 
 /// The report of run `run`.
@@ -169,8 +169,7 @@ pub(crate) async fn report(engine: &Engine, run: JobId) -> Result<WorkflowReport
         .await?
         .ok_or(Error::JobNotFound(run))?;
     let args: CoordinatorArgs = serde_json::from_value(root.args.clone())?;
-    let mut nodes: Vec<Job> = node_jobs(engine, run).await?.into_values().collect();
-    nodes.sort_by_key(|job| job.order);
+    let nodes = node_jobs(engine, run).await?;
     Ok(WorkflowReport {
         run,
         workflow: args.workflow,
@@ -181,23 +180,20 @@ pub(crate) async fn report(engine: &Engine, run: JobId) -> Result<WorkflowReport
             root.attempts.first().map(|a| a.started_at),
             root.finished_at,
         ),
-        error: root.error.clone(),
+        error: root.error,
         nodes: nodes
             .into_iter()
             .map(|job| NodeReport {
-                name: job.metadata[NODE_KEY]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                task: job.task.clone(),
+                name: node_name(&job).unwrap_or_default().to_owned(),
+                duration_s: seconds(job.started_at, job.finished_at),
+                task: job.task,
                 job: job.id,
                 state: job.state,
                 attempts: job.attempt,
                 started_at: job.started_at,
                 finished_at: job.finished_at,
-                duration_s: seconds(job.started_at, job.finished_at),
-                result: job.result.clone(),
-                error: job.error.clone(),
+                result: job.result,
+                error: job.error,
             })
             .collect(),
     })
@@ -294,22 +290,32 @@ struct Plan {
 impl Plan {
     /// Rebuilds the plan from the store: the truth after a rescue, a lag or another process.
     async fn load(engine: &Engine, workflow: &Workflow, run: JobId) -> Result<Plan> {
-        let mut by_name = node_jobs(engine, run).await?;
-        let index: HashMap<&str, usize> = workflow
-            .nodes()
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name.as_str(), i))
-            .collect();
-        let mut jobs = Vec::with_capacity(workflow.nodes().len());
-        let mut dependents = vec![Vec::new(); workflow.nodes().len()];
-        let mut deps = Vec::with_capacity(workflow.nodes().len());
-        for (i, node) in workflow.nodes().iter().enumerate() {
-            let job = by_name
-                .remove(&node.name)
-                .ok_or_else(|| Error::store(format!("node `{}` has no job", node.name)))?;
+        let n = workflow.nodes().len();
+        let mut slots: Vec<Option<Job>> = (0..n).map(|_| None).collect();
+        for job in node_jobs(engine, run).await? {
+            // A node's job carries its place in the workflow; the name decides if they differ.
+            let name = node_name(&job).unwrap_or_default();
+            let at = job.order as usize;
+            let place = match workflow.nodes().get(at) {
+                Some(node) if node.name == name => Some(at),
+                _ => workflow.position(name),
+            };
+            if let Some(i) = place {
+                slots[i] = Some(job);
+            }
+        }
+        let mut jobs = Vec::with_capacity(n);
+        let mut dependents = vec![Vec::new(); n];
+        let mut deps = Vec::with_capacity(n);
+        for (i, (node, slot)) in workflow.nodes().iter().zip(slots).enumerate() {
+            let job =
+                slot.ok_or_else(|| Error::store(format!("node `{}` has no job", node.name)))?;
             jobs.push(job);
-            let mine: Vec<usize> = node.depends_on.iter().map(|d| index[d.as_str()]).collect();
+            let mine: Vec<usize> = node
+                .depends_on
+                .iter()
+                .filter_map(|d| workflow.position(d))
+                .collect();
             for &dep in &mine {
                 dependents[dep].push(i);
             }
@@ -525,13 +531,13 @@ async fn coordinate_run(
 /// Cancels the run's active nodes and waits until they have ended.
 async fn cancel_nodes(engine: &Engine, run: JobId) -> Fatal {
     if let Ok(nodes) = node_jobs(engine, run).await {
-        for job in nodes.values().filter(|j| j.state.is_active()) {
+        for job in nodes.iter().filter(|j| j.state.is_active()) {
             let _ = engine.cancel(job.id).await;
         }
     }
     // The run ends once its nodes have (a stubborn one is forced after the grace).
     while let Ok(nodes) = node_jobs(engine, run).await {
-        if nodes.values().all(|j| !j.state.is_active()) {
+        if nodes.iter().all(|j| !j.state.is_active()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
