@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use tlo::{Job, JobFilter, JobId, JobState, Schedule, SubmitOptions, Tlo};
 
 /// How `tlo submit --wait` reports the job's end in its exit code.
@@ -341,6 +341,52 @@ pub(crate) async fn dismiss(tlo: &Tlo, id: &str) -> anyhow::Result<u8> {
             Ok(REFUSED)
         }
     }
+}
+
+/// `--match KEY=VALUE` options as a metadata filter; VALUE is JSON when it parses, else text.
+pub(crate) fn metadata_filter(
+    matches: &[String],
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let mut filter = serde_json::Map::new();
+    for item in matches {
+        let (key, value) = item
+            .split_once('=')
+            .filter(|(key, _)| !key.is_empty())
+            .ok_or_else(|| anyhow!("--match `{item}`: expected KEY=VALUE"))?;
+        let value = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
+        filter.insert(key.to_owned(), value);
+    }
+    Ok(filter)
+}
+
+/// `tlo block`: a persistent launch block; prints its id.
+pub(crate) async fn block(
+    tlo: &Tlo,
+    filter: serde_json::Map<String, serde_json::Value>,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let block = tlo.block_launches_persistent(filter, reason).await?;
+    println!("{}", block.id);
+    Ok(())
+}
+
+/// `tlo unblock`: lifts a launch block; an unknown id is an error.
+pub(crate) async fn unblock(tlo: &Tlo, id: &str) -> anyhow::Result<()> {
+    if !tlo.unblock_launches(parse_id(id)?).await? {
+        bail!("no launch block `{id}`");
+    }
+    println!("{id} lifted");
+    Ok(())
+}
+
+/// `tlo blocks`: the persistent launch blocks, one per line: id, filter, reason.
+pub(crate) async fn blocks(tlo: &Tlo) -> anyhow::Result<()> {
+    for block in tlo.launch_blocks_in_force().await? {
+        let filter = serde_json::Value::Object(block.filter);
+        println!("{}	{filter}	{}", block.id, block.reason);
+    }
+    Ok(())
 }
 
 /// `tlo tree`: the job (a process id or a job id) and its descendants, indented by depth.

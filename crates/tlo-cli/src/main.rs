@@ -107,6 +107,24 @@ enum Command {
         /// The process id.
         id: String,
     },
+    /// Refuse launches of the processes whose metadata matches, for every process on the store,
+    /// until `tlo unblock`; prints the block's id.
+    Block {
+        /// Why (shown to whoever is refused).
+        #[arg(long)]
+        reason: String,
+        /// Metadata a process must have to be blocked, `KEY=VALUE` (VALUE is JSON when it
+        /// parses as JSON, else a string); repeat for several keys; none blocks every process.
+        #[arg(long = "match", value_name = "KEY=VALUE")]
+        matches: Vec<String>,
+    },
+    /// Lift a launch block.
+    Unblock {
+        /// The block's id (from `tlo block` or `tlo blocks`).
+        id: String,
+    },
+    /// List the persistent launch blocks.
+    Blocks,
     /// Show a process (or any job) with its children: states and progress, by depth and order.
     Tree {
         /// The process id, or a job id.
@@ -399,6 +417,23 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 0 => Ok(()),
                 code => Err(Failure::Exit(code)),
             }
+        }
+        Command::Block {
+            ref reason,
+            ref matches,
+        } => {
+            let filter = commands::metadata_filter(matches)
+                .map_err(|err| Failure::Config(config::ConfigErrors::single(err.to_string())))?;
+            let tlo = orchestrator(&cli, &load(&cli)?).await?;
+            Ok(commands::block(&tlo, filter, reason).await?)
+        }
+        Command::Unblock { ref id } => {
+            let tlo = orchestrator(&cli, &load(&cli)?).await?;
+            Ok(commands::unblock(&tlo, id).await?)
+        }
+        Command::Blocks => {
+            let tlo = orchestrator(&cli, &load(&cli)?).await?;
+            Ok(commands::blocks(&tlo).await?)
         }
         Command::Tree { ref id } => {
             let tlo = orchestrator(&cli, &load(&cli)?).await?;

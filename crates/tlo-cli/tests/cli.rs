@@ -417,6 +417,36 @@ fn a_config_process_is_launched_dismissed_and_shown_from_a_second_terminal() {
         "{}",
         text(&out.stderr)
     );
+
+    // A persistent launch block, set from one terminal, refuses launches from another.
+    let out = cli(&["block", "--reason", "deploy", "--match", "team=core"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let block = text(&out.stdout).trim().to_owned();
+    let listed = text(&cli(&["blocks"]).stdout);
+    assert_eq!(
+        listed.trim(),
+        format!("{block}\t{{\"team\":\"core\"}}\tdeploy")
+    );
+    let out = cli(&["launch", "greeter"]);
+    assert_eq!(out.status.code(), Some(6), "a blocked launch exits 6");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("launch-blocked") && stderr.contains("deploy"),
+        "{stderr}"
+    );
+    let out = cli(&["block", "--reason", "x", "--match", "team"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--match `team`: expected KEY=VALUE"));
+    assert_eq!(cli(&["unblock", &block]).status.code(), Some(0));
+    let out = cli(&["unblock", &block]);
+    assert_eq!(out.status.code(), Some(1), "an unknown block is an error");
+    assert!(
+        text(&out.stderr).contains("no launch block"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cli(&["launch", "greeter", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
 #[test]

@@ -57,7 +57,8 @@ pub use events::{Hooks, JobEvent, JobEventKind};
 pub use handle::{JobEvents, JobHandle};
 pub use metrics::{DurationStats, MetricsSnapshot, TaskMetrics};
 pub use process::{
-    ControlError, LaunchBlock, PROCESS_METADATA_KEY, ProcessDefinition, ResyncReport,
+    ControlError, LAUNCH_BLOCK_TASK, LaunchBlock, PROCESS_METADATA_KEY, ProcessDefinition,
+    ResyncReport,
 };
 pub use registry::TaskRegistry;
 pub use schedule::{MAX_CATCH_UP, MisfirePolicy, Schedule, SlotDecision};

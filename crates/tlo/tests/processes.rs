@@ -174,7 +174,7 @@ async fn launch_blocks_match_metadata_stack_and_lift() {
     billing.insert("team".into(), json!("billing"));
     let maintenance = tlo.block_launches(billing, "billing database maintenance");
     let everything = tlo.block_launches(Map::new(), "deploy in progress");
-    assert_eq!(tlo.launch_blocks_in_force().len(), 2);
+    assert_eq!(tlo.launch_blocks_in_force().await.unwrap().len(), 2);
 
     let err = tlo.launch("billing-report").await.unwrap_err();
     assert!(
@@ -187,16 +187,68 @@ async fn launch_blocks_match_metadata_stack_and_lift() {
         "launch-blocked: process \"core-report\": deploy in progress"
     );
 
-    assert!(tlo.unblock_launches(everything.id));
-    assert!(!tlo.unblock_launches(everything.id));
+    assert!(tlo.unblock_launches(everything.id).await.unwrap());
+    assert!(!tlo.unblock_launches(everything.id).await.unwrap());
     tlo.launch("core-report").await.unwrap();
     assert_eq!(
         tlo.launch("billing-report").await.unwrap_err().code(),
         "launch-blocked"
     );
-    tlo.unblock_launches(maintenance.id);
+    tlo.unblock_launches(maintenance.id).await.unwrap();
     let job = tlo.launch("billing-report").await.unwrap();
     assert_eq!(job.state, JobState::Scheduled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_launch_blocks_hold_for_every_orchestrator_on_the_store() {
+    for tlo in on_every_store("blocks").await {
+        let store = tlo.store().name();
+        register(&tlo);
+        let def = ProcessDefinition::new("billing-report", "greet").metadata("team", "billing");
+        tlo.define_process(def).await.unwrap();
+        let mut billing = Map::new();
+        billing.insert("team".into(), json!("billing"));
+        let block = tlo
+            .block_launches_persistent(billing.clone(), "billing database maintenance")
+            .await
+            .unwrap();
+        assert!(block.persistent);
+
+        // Another orchestrator on the same store (another process, or this one restarted)
+        // sees the block and obeys it.
+        let other = build(
+            Tlo::builder()
+                .settings(fast())
+                .store_arc(tlo.store().clone()),
+        );
+        register(&other);
+        let seen = other.launch_blocks_in_force().await.unwrap();
+        assert_eq!(seen.len(), 1, "{store}");
+        assert_eq!(seen[0].filter, billing, "{store}");
+        assert_eq!(seen[0].reason, "billing database maintenance", "{store}");
+        let err = other.launch("billing-report").await.unwrap_err();
+        assert_eq!(err.code(), "launch-blocked", "{store}: {err}");
+        assert!(
+            err.to_string().contains("billing database maintenance"),
+            "{store}"
+        );
+
+        // Lifted from the other one, it is gone for both.
+        assert!(other.unblock_launches(block.id).await.unwrap(), "{store}");
+        assert!(!tlo.unblock_launches(block.id).await.unwrap(), "{store}");
+        assert!(
+            tlo.launch_blocks_in_force().await.unwrap().is_empty(),
+            "{store}"
+        );
+        let job = tlo.launch("billing-report").await.unwrap();
+        assert_eq!(job.state, JobState::Scheduled, "{store}");
+        // A process id is not a block: unblocking it refuses and deletes nothing.
+        assert!(!tlo.unblock_launches(job.id).await.unwrap(), "{store}");
+        assert!(
+            tlo.process("billing-report").await.unwrap().is_some(),
+            "{store}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
