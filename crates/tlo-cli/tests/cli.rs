@@ -103,6 +103,39 @@ fn missing_config_file_is_named() {
     assert!(text(&out.stderr).contains("/nonexistent/tlo.toml"));
 }
 
+/// `tlo run` on `config`, its stderr kept for the test to read.
+fn spawn_run(config: &Path) -> std::process::Child {
+    tlo()
+        .arg("-c")
+        .arg(config)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &std::process::Child, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, signal).unwrap();
+}
+
+/// Waits for `child` to exit before `deadline`; its status and stderr.
+fn exit_before(
+    mut child: std::process::Child,
+    deadline: Instant,
+    what: &str,
+) -> (std::process::ExitStatus, String) {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, text(&child.wait_with_output().unwrap().stderr))
+}
+
 #[test]
 fn run_executes_scheduled_shell_tasks_and_stops_gracefully_on_sigterm() {
     let dir = scratch("run");
@@ -116,32 +149,52 @@ fn run_executes_scheduled_shell_tasks_and_stops_gracefully_on_sigterm() {
         ),
     )
     .unwrap();
-    let mut child = tlo()
-        .arg("-c")
-        .arg(&config)
-        .arg("run")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(&config);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !out_file.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(out_file.exists(), "the scheduled task never ran");
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "tlo did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stderr = text(&child.wait_with_output().unwrap().stderr);
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let (status, stderr) = exit_before(child, deadline, "tlo did not stop on SIGTERM");
     assert!(status.success(), "{status:?}\n{stderr}");
     assert!(stderr.contains("SIGTERM"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "tick\n");
+}
+
+#[test]
+fn a_second_sigint_ends_a_drain_and_puts_the_running_job_back() {
+    let dir = scratch("second-sigint");
+    let config = dir.join("tlo.toml");
+    std::fs::write(
+        &config,
+        "[settings]\npoll_interval_ms = 50\n\n\
+         [tasks.endless]\ncommand = \"sleep 600\"\ncancellable = false\n",
+    )
+    .unwrap();
+    let cli = |args: &[&str]| run(tlo().arg("-c").arg(&config).args(args));
+    let mut child = spawn_run(&config);
+    let job = text(&cli(&["submit", "endless"]).stdout).trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !text(&cli(&["show", &job]).stdout).contains("state:     running") {
+        assert!(Instant::now() < deadline, "the job never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&child, nix::sys::signal::Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first SIGINT drains"
+    );
+    signal(&child, nix::sys::signal::Signal::SIGINT);
+    let (status, stderr) = exit_before(child, deadline, "tlo did not stop on a second SIGINT");
+    assert!(status.success(), "{status:?}\n{stderr}");
+    assert!(stderr.contains("second signal"), "{stderr}");
+    let shown = text(&cli(&["show", &job]).stdout);
+    assert!(
+        shown.contains("state:     scheduled"),
+        "back in the queue: {shown}"
+    );
 }
 
 #[test]

@@ -150,6 +150,9 @@ pub(crate) struct Engine {
     /// Jobs put back by exclusivity during a drain: the drain waits for them too.
     pub(crate) drain_snoozed: Mutex<HashSet<JobId>>,
     pub(crate) stop: watch::Sender<Option<StopBehavior>>,
+    /// Fired by a forced stop: running handlers end now and their jobs go back to the queue.
+    /// A fresh token for every start.
+    pub(crate) interrupt: Mutex<tokio_util::sync::CancellationToken>,
 }
 
 impl Engine {
@@ -204,6 +207,7 @@ impl Engine {
             coordinators: Mutex::new(JobIdMap::default()),
             drain_snoozed: Mutex::new(HashSet::new()),
             stop: watch::channel(None).0,
+            interrupt: Mutex::default(),
         }
     }
 

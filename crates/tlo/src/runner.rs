@@ -133,6 +133,8 @@ async fn run_job(engine: &Arc<Engine>, mut job: Job, batched: bool) -> Next {
     let outcome = match result {
         Ok(value) => Outcome::Done(value),
         Err(HandlerError::Cancelled) => Outcome::Cancelled,
+        // Not the job's fault: the attempt does not count.
+        Err(HandlerError::Interrupted) => Outcome::Snoozed { eta: Utc::now() },
         Err(HandlerError::Forced(error) | HandlerError::Fatal(error)) => Outcome::Failed {
             error,
             retry_at: None,
@@ -238,6 +240,7 @@ async fn execute(
         .and_then(serde_json::Value::as_u64)
         .map(Duration::from_millis)
         .or(def.options.timeout);
+    let interrupt = engine.interrupt.lock().clone();
     let cancel = ctx.inner.cancel.clone();
     let forced = async {
         cancel.cancelled().await;
@@ -258,6 +261,7 @@ async fn execute(
             "did not unwind within the grace period of {}; forced to stop",
             elapsed_secs(grace)
         ))),
+        _ = interrupt.cancelled() => Err(HandlerError::Interrupted),
     }
 }
 

@@ -269,6 +269,8 @@ pub(crate) enum HandlerError {
     Cancelled,
     /// The handler did not stop within the grace period and was forced.
     Forced(String),
+    /// A forced stop dropped the handler: the job goes back to the queue.
+    Interrupted,
 }
 
 pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, HandlerError>> + Send>>;

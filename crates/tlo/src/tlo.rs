@@ -356,6 +356,7 @@ impl Tlo {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::Shutdown)?;
         let engine = &self.engine;
         engine.set_stop(None);
+        *engine.interrupt.lock() = tokio_util::sync::CancellationToken::new();
         engine.started.store(true, Ordering::Release);
         let mut background = Vec::new();
         if engine.store.is_shared() {
@@ -377,6 +378,37 @@ impl Tlo {
             .collect(),
         });
         Ok(())
+    }
+
+    /// Forces a stop in progress to end now, instead of waiting for the handlers still running
+    /// (a `Drain` of a long job, a job defined not cancellable under `Cancel`): their handlers
+    /// are dropped (shell commands killed; a blocking handler's thread runs on, unobserved) and
+    /// their jobs go back to `scheduled`, due now, without using up the attempt (or end
+    /// `cancelled` when a cancel was requested), for this or any other worker to run again.
+    /// [`run_until_signal`](Self::run_until_signal) calls it on a second SIGINT or SIGTERM.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::time::Duration;
+    /// let tlo = tlo::Tlo::builder().build()?;
+    /// let endless = tlo.register(
+    ///     "endless",
+    ///     tlo::TaskOptions::new().cancellable(false),
+    ///     |_ctx, _: ()| async { std::future::pending::<Result<(), String>>().await },
+    /// )?;
+    /// tlo.start()?;
+    /// let job = tlo.submit(&endless, ()).await?;
+    /// tokio::time::sleep(Duration::from_millis(100)).await;
+    /// let stopping = tlo.clone();
+    /// let stop = tokio::spawn(async move { stopping.stop_with(tlo::StopBehavior::Cancel).await });
+    /// tokio::time::sleep(Duration::from_millis(100)).await;
+    /// tlo.force_stop();
+    /// stop.await.unwrap()?;
+    /// assert_eq!(tlo.job(job.id()).await?.state, tlo::JobState::Scheduled);
+    /// # Ok::<(), tlo::Error>(()) }).unwrap();
+    /// ```
+    pub fn force_stop(&self) {
+        self.engine.interrupt.lock().cancel();
     }
 
     /// Stops with the configured stop behaviour (`TLO_STOP_BEHAVIOR`).
@@ -470,6 +502,38 @@ impl Tlo {
             _ = stop.wait_for(|s| s.is_some()) => {}
             _ = scheduler_failed => tracing::error!("scheduler ended: stopping"),
         }
-        self.stop().await
+        let stopping = self.stop();
+        tokio::pin!(stopping);
+        tokio::select! {
+            result = &mut stopping => return result,
+            _ = second_signal() => {}
+        }
+        let running = self.engine.running.lock().len();
+        tracing::warn!(
+            running,
+            "second signal: interrupting the jobs still running; they go back to the queue"
+        );
+        self.force_stop();
+        stopping.await
+    }
+}
+
+/// The next SIGINT or SIGTERM.
+async fn second_signal() {
+    #[cfg(unix)]
+    {
+        let Ok(mut terminate) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

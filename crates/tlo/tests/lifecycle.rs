@@ -73,6 +73,66 @@ async fn cancel_stop_cancels_running_and_queued_jobs_of_the_memory_store() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_stop_puts_jobs_still_running_back_without_using_an_attempt() {
+    let dir = std::env::temp_dir().join(format!("tlo-forced-stop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for behavior in [StopBehavior::Drain, StopBehavior::Cancel] {
+        let sqlite = tlo::SqliteStore::open(dir.join(format!("{behavior:?}.db"))).unwrap();
+        for tlo in [tlo(), build(Tlo::builder().settings(fast()).store(sqlite))] {
+            let store = tlo.store().name();
+            let runs = Arc::new(AtomicUsize::new(0));
+            let counter = runs.clone();
+            // Not cancellable, and endless on its first run: only a forced stop ends it.
+            let stubborn = tlo
+                .register(
+                    "stubborn",
+                    TaskOptions::new().cancellable(false),
+                    move |_ctx, _: ()| {
+                        let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
+                        async move {
+                            if first {
+                                std::future::pending::<()>().await;
+                            }
+                            Ok::<_, String>(())
+                        }
+                    },
+                )
+                .unwrap();
+            tlo.start().unwrap();
+            let job = tlo.submit(&stubborn, ()).await.unwrap();
+            eventually("the job runs", || async {
+                job.state().await.unwrap() == JobState::Running
+            })
+            .await;
+            let stopping = tlo.clone();
+            let stop = tokio::spawn(async move { stopping.stop_with(behavior).await });
+            tokio::time::sleep(ms(300)).await;
+            assert!(!stop.is_finished(), "{store} {behavior:?}: the stop waits");
+            tlo.force_stop();
+            tokio::time::timeout(Duration::from_secs(5), stop)
+                .await
+                .expect("a forced stop returns")
+                .unwrap()
+                .unwrap();
+            let back = tlo.job(job.id()).await.unwrap();
+            assert_eq!(
+                (back.state, back.attempt),
+                (JobState::Scheduled, 0),
+                "{store} {behavior:?}: back in the queue, the attempt not counted"
+            );
+            tlo.start().unwrap();
+            let ended = tokio::time::timeout(Duration::from_secs(5), job.wait())
+                .await
+                .expect("runs again")
+                .unwrap();
+            assert_eq!(ended.state, JobState::Done, "{store} {behavior:?}");
+            assert_eq!(runs.load(Ordering::SeqCst), 2, "{store} {behavior:?}");
+            tlo.stop().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ignore_stop_leaves_the_queue_as_it_is() {
     let tlo = tlo_with(fast().concurrency(1));
     let t = sleeper(&tlo, 100);
