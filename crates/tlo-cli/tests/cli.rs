@@ -503,6 +503,45 @@ fn a_config_process_is_launched_dismissed_and_shown_from_a_second_terminal() {
 }
 
 #[test]
+fn a_config_process_with_a_schedule_is_launched_by_tlo_run() {
+    let dir = scratch("scheduled-process");
+    let config = dir.join("tlo.toml");
+    std::fs::write(
+        &config,
+        "[settings]\npoll_interval_ms = 50\ntick_interval = 0.1\n\n\
+         [tasks.greet]\ncommand = \"echo hello {name}\"\n\n\
+         [processes.greeter]\ntask = \"greet\"\nparams = { name = \"Ada\" }\nevery = \"1h\"\n",
+    )
+    .unwrap();
+    let _run = start_run(&config);
+    let cli = |args: &[&str]| run(tlo().arg("-c").arg(&config).args(args));
+    // An interval fires on the first tick: the process runs once, then waits an hour.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tree = text(&cli(&["tree", "greeter"]).stdout);
+        if tree.starts_with("greeter\tdone\t") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never launched: {tree}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    std::fs::write(
+        &config,
+        "[tasks.greet]\ncommand = \"echo hi\"\n\n\
+         [processes.greeter]\ntask = \"greet\"\nevery = \"1h\"\ncron = \"0 2 * * *\"\n",
+    )
+    .unwrap();
+    let out = run(tlo().arg("-c").arg(&config).arg("check"));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(":7:1: `every` and `cron` in [processes.greeter] are mutually exclusive"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_names_a_process_without_a_known_task_with_its_line() {
     let dir = scratch("bad-process");
     let config = dir.join("tlo.toml");

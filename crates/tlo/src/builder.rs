@@ -52,7 +52,7 @@ impl TloBuilder {
         self.locker = Some(Arc::new(locker));
         self
     }
-    /// Makes `service` available to handlers through [`TaskContext::service`].
+    /// Makes `service` available to handlers through [`TaskContext::service`](crate::TaskContext::service).
     pub fn service<T: std::any::Any + Send + Sync>(mut self, service: T) -> Self {
         self.services.insert(service);
         self

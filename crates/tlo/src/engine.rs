@@ -110,6 +110,8 @@ pub(crate) struct Engine {
     pub(crate) hooks: Hooks,
     /// Launch blocks on processes (in this process's memory).
     pub(crate) launch_blocks: Arc<crate::process::LaunchBlocks>,
+    /// The schedules of the processes this orchestrator defined, by process id.
+    pub(crate) process_schedules: RwLock<std::collections::BTreeMap<String, crate::Schedule>>,
     pub(crate) metrics: Metrics,
     /// Handed to every job's context with one reference count: services and a way back here.
     pub(crate) shared: Arc<crate::context::Shared>,
@@ -183,6 +185,7 @@ impl Engine {
             events: EventBus::new(4096),
             hooks,
             launch_blocks: Arc::default(),
+            process_schedules: RwLock::default(),
             metrics: Metrics::default(),
             shared: Arc::new(crate::context::Shared {
                 services,

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use tlo_core::{JobFilter, JobState, Result};
 
 use crate::engine::{Engine, SubmitOptions};
+use crate::schedule::Schedule;
 use crate::task::TaskDef;
 
 /// Runs until the orchestrator stops; in panic mode the first error ends it and is returned.
@@ -26,6 +27,13 @@ pub(crate) async fn run(engine: Arc<Engine>) -> Result<()> {
                 tracing::warn!(task = %def.name(), error = %err, "scheduler tick failed");
             }
         }
+        if let Err(err) = crate::process::tick_schedules(&engine, first_seen, Utc::now()).await {
+            if engine.settings.panic_mode {
+                tracing::error!(error = %err, "process scheduler failed (panic mode)");
+                return Err(err);
+            }
+            tracing::warn!(error = %err, "process scheduler tick failed");
+        }
         tokio::select! {
             _ = tokio::time::sleep(engine.settings.tick_interval) => {}
             _ = stop.changed() => {}
@@ -44,17 +52,7 @@ pub(crate) async fn tick(
         return Ok(());
     };
     let name = def.name();
-    let last = engine.store.last_schedule_slot(name).await?;
-    let decision = schedule.due(last, first_seen, now);
-    if let Some(slot) = decision.skip_to {
-        if engine.store.claim_schedule_slot(name, slot).await? {
-            tracing::info!(task = name, %slot, "missed schedule slots skipped (misfire policy)");
-        }
-    }
-    for slot in decision.fire {
-        if !engine.store.claim_schedule_slot(name, slot).await? {
-            continue; // Another scheduler fired this slot.
-        }
+    for slot in won_slots(engine, name, schedule, first_seen, now).await? {
         if !schedule.overlap_allowed() && has_active_run(engine, name).await? {
             tracing::info!(task = name, %slot, "schedule slot skipped: previous run still active");
             continue;
@@ -69,6 +67,33 @@ pub(crate) async fn tick(
         engine.submit(name, args, options, false).await?;
     }
     Ok(())
+}
+
+/// The due slots of the schedule `name` that this scheduler wins, oldest first: each is claimed
+/// in the store, so any number of schedulers fire it once. Slots the misfire policy skips are
+/// recorded as passed.
+pub(crate) async fn won_slots(
+    engine: &Engine,
+    name: &str,
+    schedule: &Schedule,
+    first_seen: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Vec<DateTime<Utc>>> {
+    let last = engine.store.last_schedule_slot(name).await?;
+    let decision = schedule.due(last, first_seen, now);
+    if let Some(slot) = decision.skip_to {
+        if engine.store.claim_schedule_slot(name, slot).await? {
+            tracing::info!(schedule = name, %slot, "missed schedule slots skipped (misfire policy)");
+        }
+    }
+    let mut won = Vec::with_capacity(decision.fire.len());
+    for slot in decision.fire {
+        // Lost: another scheduler fired this slot.
+        if engine.store.claim_schedule_slot(name, slot).await? {
+            won.push(slot);
+        }
+    }
+    Ok(won)
 }
 
 async fn has_active_run(engine: &Engine, task: &str) -> Result<bool> {

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use serde_json::{Map, Value, json};
-use tlo::{CancelOutcome, ControlError, JobState, ProcessDefinition, TaskOptions, Tlo};
+use tlo::{CancelOutcome, ControlError, JobState, ProcessDefinition, Schedule, TaskOptions, Tlo};
 
 /// The stores a scenario runs on; each call gets fresh, private storage.
 async fn on_every_store(name: &str) -> Vec<Tlo> {
@@ -421,6 +421,45 @@ async fn ephemeral_processes_are_deleted_with_their_children_once_they_end() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         assert!(tlo.process("kept").await.unwrap().is_some(), "{store}");
+        tlo.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_process_is_launched_at_each_slot_and_skipped_while_blocked() {
+    for tlo in on_every_store("schedule").await {
+        let store = tlo.store().name();
+        register(&tlo);
+        let def = ProcessDefinition::new("ticker", "greet")
+            .params(json!({"name": "clock"}))
+            .schedule(Schedule::every(ms(150)).unwrap());
+        tlo.define_process(def).await.unwrap();
+        let shown = tlo.process("ticker").await.unwrap().unwrap();
+        assert_eq!(shown.state, JobState::Idle, "{store}: defined idle");
+        assert_eq!(
+            shown.metadata["process"]["schedule"],
+            json!("every 0.15s"),
+            "{store}: the schedule is shown with the process"
+        );
+        tlo.start().unwrap();
+        let attempts = || async { tlo.process("ticker").await.unwrap().unwrap().attempt };
+        eventually("three scheduled launches", || async {
+            attempts().await >= 3
+        })
+        .await;
+        eventually("a scheduled run ended with its result", || async {
+            let ran = tlo.process("ticker").await.unwrap().unwrap();
+            ran.state == JobState::Done && ran.result == Some(json!("hello clock"))
+        })
+        .await;
+
+        let block = tlo.block_launches(Map::new(), "paused");
+        tokio::time::sleep(ms(300)).await; // a launch made just before the block ends
+        let before = attempts().await;
+        tokio::time::sleep(ms(600)).await;
+        assert_eq!(attempts().await, before, "{store}: blocked slots pass");
+        tlo.unblock_launches(block.id).await.unwrap();
+        eventually("launched again", || async { attempts().await > before }).await;
         tlo.stop().await.unwrap();
     }
 }

@@ -11,12 +11,14 @@
 //! cancellable = true
 //! warning = "Takes ten minutes"
 //! special = false
+//! cron = "0 2 * * *"                # or every = "1h"; launched at each slot (with timezone,
+//!                                   # misfire, fire_on_start as for tasks)
 //! ```
 
 use tlo::ProcessDefinition;
 use toml::de::DeValue;
 
-use super::{Checker, Item, Key, entries, header_key, key_str};
+use super::{Checker, Field, Item, Key, entries, header_key, key_str};
 
 const PROCESS_KEYS: &[&str] = &[
     "task",
@@ -27,7 +29,15 @@ const PROCESS_KEYS: &[&str] = &[
     "cancellable",
     "warning",
     "special",
+    "every",
+    "cron",
+    "timezone",
+    "misfire",
+    "fire_on_start",
 ];
+
+/// The keys that make up a process's schedule, read as a task's are.
+const SCHEDULE_KEYS: &[&str] = &["every", "cron", "timezone", "misfire", "fire_on_start"];
 
 /// A validated `[processes.ID]` table.
 #[derive(Debug, Clone)]
@@ -50,8 +60,13 @@ impl Checker<'_> {
         let errors_before = self.errors.len();
         let mut definition = ProcessDefinition::new(id, "");
         let mut task_at = None;
+        let mut schedule_fields: Vec<Field<'_, '_>> = Vec::new();
         for (key, value) in entries(table) {
             let what = format!("`{}` in {header}", key_str(key));
+            if let Some(known) = SCHEDULE_KEYS.iter().find(|k| **k == key_str(key)) {
+                schedule_fields.push((known, key, value));
+                continue;
+            }
             match key_str(key) {
                 "task" => {
                     if let Some(task) = self.string(value, &what) {
@@ -94,6 +109,9 @@ impl Checker<'_> {
                     ),
                 ),
             }
+        }
+        if let Some((schedule, _)) = self.schedule(&schedule_fields, &header) {
+            definition.schedule = Some(schedule);
         }
         if id.trim().is_empty() {
             self.error(id_key.span(), "a process id cannot be empty");

@@ -320,7 +320,11 @@ impl Checker<'_> {
 
     /// Builds the schedule of a task and its description; `None` when the task has none or a
     /// part is invalid (the problem is recorded).
-    fn schedule(&mut self, fields: &[Field<'_, '_>], header: &str) -> Option<(Schedule, String)> {
+    pub(super) fn schedule(
+        &mut self,
+        fields: &[Field<'_, '_>],
+        header: &str,
+    ) -> Option<(Schedule, String)> {
         let what = |key: &str| format!("`{key}` in {header}");
         let find = |key: &str| fields.iter().find(|(k, _, _)| *k == key);
         let key_span = |key: &str| find(key).map_or(0..0, |f| f.1.span());

@@ -5,14 +5,19 @@
 //! ([`JobId::for_process`]), it waits in `idle` until launched, and a launch moves it to
 //! `scheduled` for any worker to run. So it is as durable as any job on every store.
 
-use std::sync::Arc;
+mod blocks;
+mod schedules;
 
-use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use tlo_core::{CancelOutcome, Error, Job, JobId, JobState};
 
 use crate::engine::{Engine, SubmitOptions};
+use crate::schedule::Schedule;
 use crate::tlo::Tlo;
+
+pub(crate) use blocks::LaunchBlocks;
+pub use blocks::{LAUNCH_BLOCK_TASK, LaunchBlock};
+pub(crate) use schedules::tick as tick_schedules;
 
 /// The metadata key under which a process keeps its descriptive fields.
 pub const PROCESS_METADATA_KEY: &str = "process";
@@ -49,6 +54,10 @@ pub struct ProcessDefinition {
     pub special: bool,
     /// Deleted with its children once a run ends.
     pub ephemeral: bool,
+    /// Launched at each slot by the scheduler of every orchestrator that defined (or resynced)
+    /// it; a slot is taken once across all of them, and skipped while a run is still active or
+    /// a launch block matches.
+    pub schedule: Option<Schedule>,
 }
 
 impl ProcessDefinition {
@@ -65,6 +74,7 @@ impl ProcessDefinition {
             warning: None,
             special: false,
             ephemeral: false,
+            schedule: None,
         }
     }
     /// Sets the human name.
@@ -107,6 +117,17 @@ impl ProcessDefinition {
         self.ephemeral = ephemeral;
         self
     }
+    /// Launches the process at each slot of `schedule` (optio's cron `schedule`).
+    ///
+    /// ```
+    /// let def = tlo::ProcessDefinition::new("nightly-report", "report")
+    ///     .schedule(tlo::Schedule::cron("0 2 * * *").unwrap());
+    /// assert!(def.schedule.is_some());
+    /// ```
+    pub fn schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = Some(schedule);
+        self
+    }
 
     fn descriptor(&self) -> Value {
         serde_json::json!({
@@ -116,6 +137,7 @@ impl ProcessDefinition {
             "warning": self.warning,
             "special": self.special,
             "ephemeral": self.ephemeral,
+            "schedule": self.schedule.as_ref().map(Schedule::describe),
         })
     }
 }
@@ -180,66 +202,6 @@ impl ControlError {
     }
 }
 
-/// The task of the jobs that hold persistent launch blocks (idle forever, never run).
-pub const LAUNCH_BLOCK_TASK: &str = "tlo.launch_block";
-
-/// A rule refusing launches of the processes whose metadata matches, until removed.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct LaunchBlock {
-    /// Identifies the block for [`Tlo::unblock_launches`]; a persistent block's is the id of
-    /// the job that holds it.
-    pub id: JobId,
-    /// Metadata every key of which a process must match to be blocked (empty: all).
-    pub filter: Map<String, Value>,
-    /// Why, reported in [`ControlError::LaunchBlocked`].
-    pub reason: String,
-    /// Kept in the store: it survives restarts and holds for every process on the store.
-    pub persistent: bool,
-}
-
-impl LaunchBlock {
-    /// Reads a persistent block from the job that holds it.
-    fn from_job(job: &Job) -> Option<LaunchBlock> {
-        Some(LaunchBlock {
-            id: job.id,
-            filter: job.args.get("filter")?.as_object()?.clone(),
-            reason: job.args.get("reason")?.as_str()?.to_owned(),
-            persistent: true,
-        })
-    }
-}
-
-/// The in-memory launch blocks of one `Tlo` (stackable: any matching block refuses).
-#[derive(Debug, Default)]
-pub(crate) struct LaunchBlocks {
-    blocks: Mutex<Vec<LaunchBlock>>,
-}
-
-impl LaunchBlocks {
-    fn add(&self, filter: Map<String, Value>, reason: String) -> LaunchBlock {
-        let block = LaunchBlock {
-            id: JobId::new(),
-            filter,
-            reason,
-            persistent: false,
-        };
-        self.blocks.lock().push(block.clone());
-        block
-    }
-
-    fn remove(&self, id: JobId) -> bool {
-        let mut blocks = self.blocks.lock();
-        let before = blocks.len();
-        blocks.retain(|block| block.id != id);
-        blocks.len() != before
-    }
-
-    fn list(&self) -> Vec<LaunchBlock> {
-        self.blocks.lock().clone()
-    }
-}
-
 /// What [`Tlo::resync`] did, by process id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -278,6 +240,7 @@ impl Tlo {
                     report.created.push(def.id.clone());
                 }
                 Some(job) => {
+                    self.remember_schedule(def);
                     let wanted = self.process_job(def)?;
                     if job.args != wanted.args
                         || job.metadata != wanted.metadata
@@ -305,18 +268,13 @@ impl Tlo {
                 .collect();
             for job in self.engine().store.list(&filter).await? {
                 // Plain jobs in scope (no process descriptor) are not the provider's business.
-                let Some(id) = job
-                    .metadata
-                    .get(PROCESS_METADATA_KEY)
-                    .and_then(|process| process.get("id"))
-                    .and_then(Value::as_str)
-                else {
+                let Some(id) = process_id(&job) else {
                     continue;
                 };
                 if job.parent.is_some() || defined.contains(&job.id) {
                     continue;
                 }
-                self.remove_process(&job).await?;
+                self.remove_process(id, &job).await?;
                 report.removed.push(id.to_owned());
             }
         }
@@ -325,7 +283,8 @@ impl Tlo {
 
     /// Cancels `job` if active, waits up to the cancel grace period (and a poll) for it to
     /// end, then deletes it with its children.
-    async fn remove_process(&self, job: &Job) -> tlo_core::Result<()> {
+    async fn remove_process(&self, id: &str, job: &Job) -> tlo_core::Result<()> {
+        self.forget_schedule(id);
         if job.state.is_active() {
             match self.cancel(job.id).await {
                 Ok(_) | Err(Error::IllegalTransition { .. }) => {}
@@ -357,6 +316,7 @@ impl Tlo {
     pub async fn define_process(&self, def: ProcessDefinition) -> tlo_core::Result<JobId> {
         let job = self.process_job(&def)?;
         let enqueued = self.engine().enqueue(vec![job]).await?;
+        self.remember_schedule(&def);
         Ok(enqueued[0].id)
     }
 
@@ -474,7 +434,10 @@ impl Tlo {
     pub async fn delete_process(&self, id: &str) -> Result<usize, ControlError> {
         let job = self.require_process(id).await?;
         match delete_tree(self.engine(), &job).await {
-            Ok(deleted) => Ok(deleted),
+            Ok(deleted) => {
+                self.forget_schedule(id);
+                Ok(deleted)
+            }
             Err(Error::ActiveJob { state, .. }) => Err(ControlError::NotDismissable {
                 id: id.to_owned(),
                 state,
@@ -504,82 +467,6 @@ impl Tlo {
             store.delete(&children).await?;
         }
         store.clear_logs(job.id).await
-    }
-
-    /// Refuses launches of the processes whose metadata matches `filter` (every key equal;
-    /// empty blocks all), until [`unblock_launches`](Tlo::unblock_launches). Blocks stack.
-    /// The block lives in this `Tlo`'s memory; see
-    /// [`block_launches_persistent`](Tlo::block_launches_persistent) for one every process on
-    /// the store obeys.
-    pub fn block_launches(
-        &self,
-        filter: Map<String, Value>,
-        reason: impl Into<String>,
-    ) -> LaunchBlock {
-        self.launch_blocks().add(filter, reason.into())
-    }
-
-    /// Like [`block_launches`](Tlo::block_launches), but kept in the store (as an idle job of
-    /// task [`LAUNCH_BLOCK_TASK`]): it survives restarts, and every `Tlo` on the same store,
-    /// in any process, refuses the launches it matches until it is removed.
-    ///
-    /// ```
-    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-    /// let tlo = tlo::Tlo::builder().build()?;
-    /// let block = tlo
-    ///     .block_launches_persistent(serde_json::Map::new(), "deploy in progress")
-    ///     .await?;
-    /// assert!(block.persistent);
-    /// assert!(tlo.unblock_launches(block.id).await?);
-    /// # Ok::<(), tlo::Error>(()) }).unwrap();
-    /// ```
-    pub async fn block_launches_persistent(
-        &self,
-        filter: Map<String, Value>,
-        reason: impl Into<String>,
-    ) -> tlo_core::Result<LaunchBlock> {
-        let reason = reason.into();
-        let mut job = tlo_core::NewJob::new(
-            LAUNCH_BLOCK_TASK,
-            serde_json::json!({ "filter": filter, "reason": reason }),
-        );
-        job.state = JobState::Idle;
-        let id = job.id;
-        self.engine().store.enqueue(vec![job]).await?;
-        Ok(LaunchBlock {
-            id,
-            filter,
-            reason,
-            persistent: true,
-        })
-    }
-
-    /// Removes a launch block, in memory or persistent; false when there was none with this
-    /// id.
-    pub async fn unblock_launches(&self, block: JobId) -> tlo_core::Result<bool> {
-        if self.launch_blocks().remove(block) {
-            return Ok(true);
-        }
-        let store = &self.engine().store;
-        match store.get(block).await? {
-            Some(job) if job.task == LAUNCH_BLOCK_TASK => Ok(store.delete(&[block]).await? > 0),
-            _ => Ok(false),
-        }
-    }
-
-    /// The launch blocks in force: this `Tlo`'s, then the persistent ones.
-    pub async fn launch_blocks_in_force(&self) -> tlo_core::Result<Vec<LaunchBlock>> {
-        let mut blocks = self.launch_blocks().list();
-        let filter = tlo_core::JobFilter::default()
-            .task(LAUNCH_BLOCK_TASK)
-            .state(JobState::Idle);
-        let stored = self.engine().store.list(&filter).await?;
-        blocks.extend(stored.iter().filter_map(LaunchBlock::from_job));
-        Ok(blocks)
-    }
-
-    fn launch_blocks(&self) -> &Arc<LaunchBlocks> {
-        &self.engine().launch_blocks
     }
 }
 
@@ -611,6 +498,11 @@ async fn delete_tree(engine: &Engine, job: &Job) -> tlo_core::Result<usize> {
     engine.store.delete(&ids).await
 }
 
+/// The user's id of process `job`; `None` for any other job.
+fn process_id(job: &Job) -> Option<&str> {
+    job.metadata.get(PROCESS_METADATA_KEY)?.get("id")?.as_str()
+}
+
 /// Whether `job` is a top-level process marked ephemeral.
 pub(crate) fn is_ephemeral(job: &Job) -> bool {
     job.parent.is_none()
@@ -632,7 +524,12 @@ pub(crate) fn forget_ephemeral(engine: &Engine, ended: &Job) {
     tokio::spawn(async move {
         tokio::time::sleep(engine.settings.poll_interval * 2).await;
         match delete_tree(&engine, &ended).await {
-            Ok(count) => tracing::debug!(job = %ended.id, count, "ephemeral process deleted"),
+            Ok(count) => {
+                if let Some(id) = process_id(&ended) {
+                    schedules::forget(&engine, id);
+                }
+                tracing::debug!(job = %ended.id, count, "ephemeral process deleted")
+            }
             // Relaunched meanwhile (active again): it stays until that run ends.
             Err(Error::ActiveJob { .. }) => {}
             Err(err) => {
