@@ -60,6 +60,44 @@ async fn handle_reports_running_and_watches_state_and_progress() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_messages_is_coalesced_with_a_count_never_lost_silently() {
+    let tlo = tlo();
+    let flood = tlo
+        .register("flood", TaskOptions::new(), |ctx, n: usize| async move {
+            for i in 0..n {
+                ctx.report_progress(100.0 * i as f64 / n as f64, format!("item {i}"));
+            }
+            Ok::<_, String>(())
+        })
+        .unwrap();
+    tlo.start().unwrap();
+    let handle = tlo.submit(&flood, 5000).await.unwrap();
+    handle.result().await.unwrap();
+    let logs = handle.logs().await.unwrap();
+    let mut kept = 0;
+    let mut dropped = 0;
+    for entry in &logs {
+        match entry
+            .message
+            .strip_prefix('(')
+            .and_then(|m| m.strip_suffix(" messages dropped)"))
+        {
+            Some(count) => {
+                assert_eq!(entry.level, LogLevel::Warning);
+                dropped += count.parse::<usize>().unwrap();
+            }
+            None => kept += 1,
+        }
+    }
+    assert!(dropped > 0, "a flood is cut: {} lines kept", kept);
+    assert_eq!(kept + dropped, 5000, "every message is kept or counted");
+    // The last progress written is the last reported.
+    let job = handle.job().await.unwrap();
+    assert_eq!(job.progress.message.as_deref(), Some("item 4999"));
+    tlo.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_job_result_is_the_error() {
     let tlo = tlo();
     let t = tlo
