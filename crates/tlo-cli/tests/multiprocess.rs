@@ -218,3 +218,73 @@ async fn a_workflow_run_survives_its_worker_being_killed() {
     let lines = std::fs::read_to_string(&out).unwrap();
     assert!(lines.ends_with("slow\nlast\n"), "{lines}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_whose_worker_is_killed_is_rescued_and_runs_to_its_end() {
+    let dir = scratch("process-kill");
+    let out = dir.join("runs.txt");
+    let config = dir.join("tlo.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tasks.long]\ncommand = \"echo started >> {out}; sleep 2; echo ended >> {out}\"\nmax_attempts = 3\n\n\
+             [processes.nightly]\ntask = \"long\"\n",
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    let mut victim = worker(&config, "victim");
+    let store = tlo::SqliteStore::open(dir.join("tlo.db")).unwrap();
+    let id = tlo::JobId::for_process("nightly");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // The worker creates the process idle when it starts.
+    while store.get(id).await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the process was never defined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let launch = Command::new(env!("CARGO_BIN_EXE_tlo"))
+        .arg("-c")
+        .arg(&config)
+        .args(["launch", "nightly"])
+        .output()
+        .unwrap();
+    assert!(
+        launch.status.success(),
+        "{}",
+        String::from_utf8_lossy(&launch.stderr)
+    );
+    while !std::fs::read_to_string(&out)
+        .unwrap_or_default()
+        .contains("started")
+    {
+        assert!(Instant::now() < deadline, "the process never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    victim.0.kill().unwrap();
+    victim.0.wait().unwrap();
+    assert_eq!(
+        store.get(id).await.unwrap().unwrap().state,
+        JobState::Running,
+        "left running by the killed worker"
+    );
+    let _survivor = worker(&config, "survivor");
+    loop {
+        let job = store.get(id).await.unwrap().unwrap();
+        if job.state.is_end() {
+            assert_eq!(job.state, JobState::Done, "{:?}", job.error);
+            assert_eq!(job.attempts.len(), 2, "rescued once, then ran to its end");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(20),
+            "the process never ended: {:?}",
+            job.state
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Two starts: the killed run and the rescued one. (The killed worker's shell command is
+    // not killed with it: it may finish on its own and write its own "ended".)
+    let lines = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(lines.matches("started").count(), 2, "{lines}");
+    assert!(lines.ends_with("ended\n"), "{lines}");
+}
