@@ -66,6 +66,7 @@ pub struct PostgresStore {
 /// them once (`prepare_cached`), so the server neither parses nor plans them per call.
 #[derive(Debug)]
 struct HotSql {
+    insert: String,
     claim: String,
     save: String,
     lock_many: String,
@@ -76,6 +77,20 @@ impl HotSql {
     fn new(schema: &str) -> HotSql {
         let jobs = format!("{schema}.jobs");
         HotSql {
+            // Inserting and waking the workers in one statement: one round trip, and outside a
+            // transaction no BEGIN or COMMIT either. Identical notifications of one transaction
+            // fold into one.
+            insert: format!(
+                "WITH ins AS (
+                     INSERT INTO {jobs} (id, task, queue, state, priority, eta, unique_key, parent,
+                         root, depth, ord, data)
+                     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
+                         $5::int4[], $6::int8[], $7::text[], $8::uuid[], $9::uuid[], $10::int4[],
+                         $11::int4[], $12::json[])
+                     ON CONFLICT (unique_key) DO NOTHING
+                     RETURNING id)
+                 SELECT id, pg_notify($13, '') FROM ins"
+            ),
             claim: format!(
                 "SELECT seq, data FROM {jobs} WHERE state = 'scheduled' AND queue = $1 AND eta <= $2
                  ORDER BY priority DESC, eta, seq LIMIT $3 FOR UPDATE SKIP LOCKED"
@@ -183,10 +198,17 @@ impl PostgresStore {
         tx: &Transaction<'_>,
         jobs: Vec<NewJob>,
     ) -> Result<Vec<Enqueued>> {
-        self.insert(tx, jobs).await
+        let statement = tx.prepare(&self.sql.insert).await.map_err(pg_error)?;
+        self.insert(tx, &statement, jobs).await
     }
 
-    async fn insert<C: GenericClient>(&self, db: &C, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+    /// Inserts with `statement` (the prepared [`HotSql::insert`]).
+    async fn insert<C: GenericClient>(
+        &self,
+        db: &C,
+        statement: &tokio_postgres::Statement,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<Enqueued>> {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
@@ -204,17 +226,8 @@ impl PostgresStore {
         let depths: Vec<i32> = jobs.iter().map(|j| j.depth as i32).collect();
         let orders: Vec<i32> = jobs.iter().map(|j| j.order as i32).collect();
         let data: Vec<Json<&Job>> = jobs.iter().map(Json).collect();
-        let sql = format!(
-            "INSERT INTO {} (id, task, queue, state, priority, eta, unique_key, parent, root,
-                 depth, ord, data)
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[],
-                 $6::int8[], $7::text[], $8::uuid[], $9::uuid[], $10::int4[], $11::int4[],
-                 $12::json[])
-             ON CONFLICT (unique_key) DO NOTHING
-             RETURNING id",
-            self.t("jobs")
-        );
-        let params: [&(dyn ToSql + Sync); 12] = [
+        let channel = self.channel();
+        let params: [&(dyn ToSql + Sync); 13] = [
             &ids,
             &tasks,
             &queues,
@@ -227,9 +240,10 @@ impl PostgresStore {
             &depths,
             &orders,
             &data,
+            &channel,
         ];
         let inserted: std::collections::HashSet<Uuid> = db
-            .query(&sql, &params)
+            .query(statement, &params)
             .await
             .map_err(pg_error)?
             .iter()
@@ -256,9 +270,6 @@ impl PostgresStore {
                 id: JobId(row.get(0)),
                 inserted: false,
             });
-        }
-        if !inserted.is_empty() {
-            self.notify(db).await?;
         }
         Ok(out)
     }
@@ -396,11 +407,13 @@ impl Store for PostgresStore {
     }
 
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
-        let out = self.insert(&*tx, jobs).await?;
-        tx.commit().await.map_err(pg_error)?;
-        Ok(out)
+        // One statement is its own transaction.
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&self.sql.insert)
+            .await
+            .map_err(pg_error)?;
+        self.insert(&**client, &statement, jobs).await
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Job>> {
