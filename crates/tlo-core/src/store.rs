@@ -98,6 +98,14 @@ pub trait Store: Send + Sync + 'static {
     /// Whether other processes may work on the same jobs (a shared database).
     fn is_shared(&self) -> bool;
 
+    /// How many [`complete_and_claim`](Store::complete_and_claim) rounds an orchestrator keeps
+    /// in flight at once. A store that groups concurrent calls itself (SQLite's single writer
+    /// commits them together) does best with several; one that pays per statement and per
+    /// commit (a database server) with fewer, larger rounds.
+    fn round_concurrency(&self) -> usize {
+        4
+    }
+
     /// Registers `wake`, to be called when another process may have made work due (a new job, a
     /// retry). Stores without cross-process notifications ignore it; workers then poll.
     fn subscribe_wakeups(&self, wake: std::sync::Arc<dyn Fn() + Send + Sync>) {

@@ -11,9 +11,6 @@ use crate::engine::Engine;
 /// Most runners served by one round.
 const BATCH: usize = 64;
 
-/// Rounds in flight at once: while one waits on the database, the next batch fills.
-const ROUNDS: usize = 4;
-
 /// One runner's finished attempt, waiting for its round.
 pub(crate) struct Finish {
     pub(crate) completion: Completion,
@@ -22,7 +19,10 @@ pub(crate) struct Finish {
 
 /// Serves rounds until every sender is gone.
 pub(crate) async fn batcher(engine: Arc<Engine>, mut finishes: mpsc::UnboundedReceiver<Finish>) {
-    let rounds = Arc::new(tokio::sync::Semaphore::new(ROUNDS));
+    // Rounds in flight at once: while one waits on the database, the next batch fills.
+    let rounds = Arc::new(tokio::sync::Semaphore::new(
+        engine.store.round_concurrency().max(1),
+    ));
     while let Some(first) = finishes.recv().await {
         let Ok(permit) = rounds.clone().acquire_owned().await else {
             return;
