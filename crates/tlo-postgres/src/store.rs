@@ -453,16 +453,29 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         let ids: Vec<Uuid> = completions.iter().map(|c| c.id.0).collect();
-        let mut current: std::collections::HashMap<Uuid, Job> = std::collections::HashMap::new();
-        if !ids.is_empty() {
+        let lock = async {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
             let statement = tx
                 .prepare_cached(&self.sql.lock_many)
                 .await
                 .map_err(pg_error)?;
-            for row in tx.query(&statement, &[&ids]).await.map_err(pg_error)? {
-                let job = job_of(&row)?;
-                current.insert(job.id.0, job);
+            tx.query(&statement, &[&ids]).await.map_err(pg_error)
+        };
+        let claim = async {
+            match next {
+                Some(request) => self.claim_in(&tx, request).await,
+                None => Ok(Vec::new()),
             }
+        };
+        // Independent (the claim skips locked rows and takes only scheduled ones, the lock
+        // only running ones): sent together, they cost one round trip instead of two.
+        let (rows, claimed) = tokio::try_join!(lock, claim)?;
+        let mut current: std::collections::HashMap<Uuid, Job> = std::collections::HashMap::new();
+        for row in rows {
+            let job = job_of(&row)?;
+            current.insert(job.id.0, job);
         }
         let mut changed = Vec::new();
         let results = completions
@@ -478,10 +491,6 @@ impl Store for PostgresStore {
                 Ok(updated)
             })
             .collect::<Vec<Result<Job>>>();
-        let claimed = match next {
-            Some(request) => self.claim_in(&tx, request).await?,
-            None => Vec::new(),
-        };
         let mut writes: Vec<Job> = changed.iter().filter_map(|id| current.remove(id)).collect();
         writes.extend(claimed.iter().cloned());
         self.save(&tx, &writes).await?;
