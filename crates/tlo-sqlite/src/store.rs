@@ -152,30 +152,62 @@ fn text_values(items: &[String]) -> impl Iterator<Item = rusqlite::types::Value>
         .map(|item| rusqlite::types::Value::Text(item.clone()))
 }
 
+/// The highest priority below `below` (any, when `None`) among the scheduled jobs of `queue`.
+fn next_priority(conn: &Connection, queue: &str, below: Option<i64>) -> Result<Option<i64>> {
+    // `+?n` and literal LIMITs keep SQLite from re-preparing these statements on every call
+    // (a plan that depends on a bound value is re-prepared when the value changes).
+    let found = match below {
+        None => conn
+            .prepare_cached(
+                "SELECT priority FROM jobs INDEXED BY jobs_due
+                 WHERE state = 'scheduled' AND queue = +?1 ORDER BY priority DESC LIMIT 1",
+            )
+            .and_then(|mut s| s.query_row(params![queue], |r| r.get(0)).optional()),
+        Some(below) => conn
+            .prepare_cached(
+                "SELECT priority FROM jobs INDEXED BY jobs_due
+                 WHERE state = 'scheduled' AND queue = +?1 AND priority < +?2
+                 ORDER BY priority DESC LIMIT 1",
+            )
+            .and_then(|mut s| s.query_row(params![queue, below], |r| r.get(0)).optional()),
+    };
+    found.map_err(store_error)
+}
+
 /// Claims due jobs for `request` on the connection thread.
+///
+/// Each queue is read one priority at a time, every read a range of the `jobs_due` index that
+/// ends at the first job not yet due: jobs waiting for a later eta (delayed jobs, workflow nodes
+/// waiting for their dependencies) are never stepped over, however many there are.
 fn claim_in(conn: &Connection, request: &ClaimRequest) -> Result<Vec<Job>> {
     let now = micros(request.now);
     let mut candidates: Vec<(i64, Job)> = Vec::new();
     let mut stmt = conn
         .prepare_cached(
             "SELECT seq, data FROM jobs INDEXED BY jobs_due
-             WHERE state = 'scheduled' AND queue = +?1 AND eta <= ?2
-             ORDER BY priority DESC, eta, seq",
+             WHERE state = 'scheduled' AND queue = +?1 AND priority = +?2 AND eta <= +?3
+             ORDER BY eta, seq",
         )
         .map_err(store_error)?;
     for demand in request.queues.iter().filter(|d| d.limit > 0) {
-        // Both `+?1` and the missing `LIMIT ?` keep SQLite from re-preparing the statement on
-        // every call (a bound LIMIT, or `queue = ?1` beside the ORDER BY, marks the plan as
-        // depending on the value); stepping stops after `limit` rows, in index order.
-        let limit = demand.limit.min(request.limit);
-        let rows = stmt
-            .query_map(params![demand.queue, now], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
-            })
-            .map_err(store_error)?;
-        for row in rows.take(limit) {
-            let (seq, data) = row.map_err(store_error)?;
-            candidates.push((seq, decode(&data)?));
+        let mut wanted = demand.limit.min(request.limit);
+        let mut priority = next_priority(conn, &demand.queue, None)?;
+        while let Some(level) = priority {
+            let rows = stmt
+                .query_map(params![demand.queue, level, now], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(store_error)?;
+            // Stepping stops after `wanted` rows, in index order.
+            for row in rows.take(wanted) {
+                let (seq, data) = row.map_err(store_error)?;
+                candidates.push((seq, decode(&data)?));
+                wanted -= 1;
+            }
+            if wanted == 0 {
+                break;
+            }
+            priority = next_priority(conn, &demand.queue, Some(level))?;
         }
     }
     candidates.sort_by(|(sa, a), (sb, b)| claim_order(a, *sa, b, *sb));
