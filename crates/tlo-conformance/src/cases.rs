@@ -623,6 +623,37 @@ pub async fn count_due_and_next_eta<S: Store>(store: Arc<S>) {
     claim(&*store, 2).await;
     assert_eq!(store.next_eta(&queues).await.unwrap(), Some(later.eta));
     assert_eq!(store.next_eta(&["none".to_string()]).await.unwrap(), None);
+    // The earliest eta over every priority level and every queue named.
+    let micros = |delta: TimeDelta| {
+        DateTime::from_timestamp_micros((now + delta).timestamp_micros()).unwrap()
+    };
+    let mut urgent_but_late = job("t");
+    urgent_but_late.priority = 9;
+    urgent_but_late.eta = micros(TimeDelta::seconds(90));
+    let mut lowly_but_sooner = job("t");
+    lowly_but_sooner.priority = -9;
+    lowly_but_sooner.eta = micros(TimeDelta::seconds(30));
+    let mut other_queue_soonest = job("t");
+    other_queue_soonest.queue = "third".into();
+    other_queue_soonest.eta = micros(TimeDelta::seconds(10));
+    put(
+        &*store,
+        vec![
+            urgent_but_late,
+            lowly_but_sooner.clone(),
+            other_queue_soonest.clone(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        store.next_eta(&queues).await.unwrap(),
+        Some(lowly_but_sooner.eta)
+    );
+    let both = vec!["default".to_string(), "third".to_string()];
+    assert_eq!(
+        store.next_eta(&both).await.unwrap(),
+        Some(other_queue_soonest.eta)
+    );
 }
 
 /// Stop-with-cancel on an unshared store cancels only scheduled jobs of the named queues.

@@ -67,6 +67,7 @@ pub struct PostgresStore {
 #[derive(Debug)]
 struct HotSql {
     insert: String,
+    next_eta: String,
     claim: String,
     save: String,
     lock_many: String,
@@ -96,6 +97,25 @@ impl HotSql {
             // later eta (delayed jobs, workflow nodes waiting for their dependencies) are never
             // stepped over, however many there are (5 ms -> 0.13 ms with 100,000 waiting).
             // Levels are read lazily: once LIMIT rows are found, lower levels are not touched.
+            // The earliest eta of each priority level is the first entry of its index range.
+            next_eta: format!(
+                "WITH RECURSIVE levels(queue, priority) AS (
+                     SELECT q, (SELECT priority FROM {jobs}
+                                WHERE state = 'scheduled' AND queue = q
+                                ORDER BY priority DESC LIMIT 1)
+                     FROM unnest($1::text[]) AS q
+                     UNION ALL
+                     SELECT l.queue, (SELECT j.priority FROM {jobs} j
+                                      WHERE j.state = 'scheduled' AND j.queue = l.queue
+                                        AND j.priority < l.priority
+                                      ORDER BY j.priority DESC LIMIT 1)
+                     FROM levels l WHERE l.priority IS NOT NULL)
+                 SELECT MIN((SELECT j.eta FROM {jobs} j
+                             WHERE j.state = 'scheduled' AND j.queue = l.queue
+                               AND j.priority = l.priority
+                             ORDER BY j.eta LIMIT 1))
+                 FROM levels l WHERE l.priority IS NOT NULL"
+            ),
             claim: format!(
                 "WITH RECURSIVE levels(priority) AS (
                      (SELECT priority FROM {jobs} WHERE state = 'scheduled' AND queue = $1
@@ -748,14 +768,12 @@ impl Store for PostgresStore {
 
     async fn next_eta(&self, queues: &[String]) -> Result<Option<DateTime<Utc>>> {
         let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&self.sql.next_eta)
+            .await
+            .map_err(pg_error)?;
         let row = client
-            .query_one(
-                &format!(
-                    "SELECT MIN(eta) FROM {} WHERE state = 'scheduled' AND queue = ANY($1)",
-                    self.t("jobs")
-                ),
-                &[&queues],
-            )
+            .query_one(&statement, &[&queues])
             .await
             .map_err(pg_error)?;
         Ok(row

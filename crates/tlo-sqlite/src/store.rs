@@ -547,14 +547,30 @@ impl Store for SqliteStore {
                 if queues.is_empty() {
                     return Ok(None);
                 }
-                let sql = format!(
-                    "SELECT MIN(eta) FROM jobs WHERE state = 'scheduled' AND queue IN {}",
-                    placeholders(queues.len())
-                );
-                let eta: Option<i64> = conn
-                    .query_row(&sql, params_from_iter(text_values(&queues)), |r| r.get(0))
+                // The earliest eta of each priority level is the first entry of its index
+                // range: no scan of the jobs waiting at that level.
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT eta FROM jobs INDEXED BY jobs_due
+                         WHERE state = 'scheduled' AND queue = +?1 AND priority = +?2
+                         ORDER BY eta LIMIT 1",
+                    )
                     .map_err(store_error)?;
-                Ok(eta.and_then(DateTime::from_timestamp_micros))
+                let mut earliest: Option<i64> = None;
+                for queue in &queues {
+                    let mut level = next_priority(conn, queue, None)?;
+                    while let Some(priority) = level {
+                        let eta: Option<i64> = stmt
+                            .query_row(params![queue, priority], |r| r.get(0))
+                            .optional()
+                            .map_err(store_error)?;
+                        if let Some(eta) = eta {
+                            earliest = Some(earliest.map_or(eta, |e| e.min(eta)));
+                        }
+                        level = next_priority(conn, queue, Some(priority))?;
+                    }
+                }
+                Ok(earliest.and_then(DateTime::from_timestamp_micros))
             })
             .await
     }
