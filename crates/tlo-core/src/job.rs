@@ -45,6 +45,19 @@ impl JobId {
         const PROCESSES: Uuid = Uuid::from_u128(0x6f1c_2a4e_93d7_4b0e_9a52_1c7e_5d08_b3f4);
         JobId(Uuid::new_v5(&PROCESSES, name.as_bytes()))
     }
+
+    /// The id of the part `name` of job `self` (a workflow run's node, say): the same for the
+    /// same pair, so whoever knows the job knows its parts' ids (UUID v5 in `self`'s namespace).
+    ///
+    /// ```
+    /// use tlo_core::JobId;
+    /// let run = JobId::new();
+    /// assert_eq!(run.derive("extract"), run.derive("extract"));
+    /// assert_ne!(run.derive("extract"), JobId::new().derive("extract"));
+    /// ```
+    pub fn derive(self, name: &str) -> Self {
+        JobId(Uuid::new_v5(&self.0, name.as_bytes()))
+    }
 }
 
 impl Default for JobId {

@@ -259,6 +259,7 @@ pub(crate) async fn start(
             options = options.metadata(TIMEOUT_KEY, timeout.as_millis() as u64);
         }
         let mut new: NewJob = engine.prepare(&def, node.args.clone(), options, true)?;
+        new.id = node_id(root.id, &node.name);
         new.parent = Some(root.id);
         new.root = root.id;
         new.depth = 1;
@@ -269,11 +270,39 @@ pub(crate) async fn start(
     Ok(root.id)
 }
 
-/// A run as the coordinator sees it: node jobs, how many dependencies each still waits for,
+/// What the coordinator keeps of one node's job.
+#[derive(Debug, Clone)]
+struct NodeState {
+    id: JobId,
+    state: JobState,
+    /// Still waiting to be released or skipped.
+    waiting: bool,
+    /// Its result once done (handed to its dependents).
+    result: Option<Value>,
+}
+
+impl NodeState {
+    fn of(job: Job) -> NodeState {
+        NodeState {
+            waiting: is_waiting(&job),
+            id: job.id,
+            state: job.state,
+            result: job.result,
+        }
+    }
+}
+
+/// The id of node `node` of run `run`: derived from both, so a coordinator knows its nodes
+/// without reading them.
+fn node_id(run: JobId, node: &str) -> JobId {
+    run.derive(node)
+}
+
+/// A run as the coordinator sees it: node states, how many dependencies each still waits for,
 /// and the nodes ready to be decided.
 struct Plan {
-    /// Node jobs, by node index (the workflow's topological order).
-    jobs: Vec<Job>,
+    /// Node states, by node index (the workflow's topological order).
+    nodes: Vec<NodeState>,
     by_id: HashMap<JobId, usize>,
     /// Each node's dependencies and dependents, by index.
     deps: Vec<Vec<usize>>,
@@ -288,6 +317,23 @@ struct Plan {
 }
 
 impl Plan {
+    /// The plan of a run whose nodes were all just created waiting (a coordinator's first
+    /// attempt): nothing to read. Anything that changed meanwhile (a node cancelled by hand)
+    /// shows at the first refused update or the first periodic re-read.
+    fn fresh(workflow: &Workflow, run: JobId) -> Plan {
+        let nodes = workflow
+            .nodes()
+            .iter()
+            .map(|node| NodeState {
+                id: node_id(run, &node.name),
+                state: JobState::Scheduled,
+                waiting: true,
+                result: None,
+            })
+            .collect();
+        Plan::new(workflow, nodes)
+    }
+
     /// Rebuilds the plan from the store: the truth after a rescue, a lag or another process.
     async fn load(engine: &Engine, workflow: &Workflow, run: JobId) -> Result<Plan> {
         let n = workflow.nodes().len();
@@ -304,13 +350,23 @@ impl Plan {
                 slots[i] = Some(job);
             }
         }
-        let mut jobs = Vec::with_capacity(n);
+        let nodes = workflow
+            .nodes()
+            .iter()
+            .zip(slots)
+            .map(|(node, slot)| {
+                slot.map(NodeState::of)
+                    .ok_or_else(|| Error::store(format!("node `{}` has no job", node.name)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Plan::new(workflow, nodes))
+    }
+
+    fn new(workflow: &Workflow, nodes: Vec<NodeState>) -> Plan {
+        let n = nodes.len();
         let mut dependents = vec![Vec::new(); n];
         let mut deps = Vec::with_capacity(n);
-        for (i, (node, slot)) in workflow.nodes().iter().zip(slots).enumerate() {
-            let job =
-                slot.ok_or_else(|| Error::store(format!("node `{}` has no job", node.name)))?;
-            jobs.push(job);
+        for (i, node) in workflow.nodes().iter().enumerate() {
             let mine: Vec<usize> = node
                 .depends_on
                 .iter()
@@ -323,19 +379,23 @@ impl Plan {
         }
         let remaining: Vec<usize> = deps
             .iter()
-            .map(|mine| mine.iter().filter(|&&d| !jobs[d].state.is_end()).count())
+            .map(|mine| mine.iter().filter(|&&d| !nodes[d].state.is_end()).count())
             .collect();
-        let ready = (0..jobs.len())
-            .filter(|&i| remaining[i] == 0 && is_waiting(&jobs[i]))
+        let ready = (0..n)
+            .filter(|&i| remaining[i] == 0 && nodes[i].waiting)
             .collect();
-        let active = jobs
+        let active = nodes
             .iter()
-            .filter(|j| j.state.is_active() && !is_waiting(j))
+            .filter(|node| node.state.is_active() && !node.waiting)
             .count();
-        let ended = jobs.iter().filter(|j| j.state.is_end()).count();
-        let by_id = jobs.iter().enumerate().map(|(i, j)| (j.id, i)).collect();
-        Ok(Plan {
-            jobs,
+        let ended = nodes.iter().filter(|node| node.state.is_end()).count();
+        let by_id = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| (node.id, i))
+            .collect();
+        Plan {
+            nodes,
             by_id,
             deps,
             dependents,
@@ -343,23 +403,23 @@ impl Plan {
             ready,
             active,
             ended,
-        })
+        }
     }
 
     /// Records that node `i` ended as `job`, readying dependents whose last dependency it was.
     fn node_ended(&mut self, i: usize, job: Job) {
-        if self.jobs[i].state.is_end() {
+        if self.nodes[i].state.is_end() {
             return;
         }
-        if !is_waiting(&self.jobs[i]) {
+        if !self.nodes[i].waiting {
             self.active = self.active.saturating_sub(1);
         }
-        self.jobs[i] = job;
+        self.nodes[i] = NodeState::of(job);
         self.ended += 1;
         for k in 0..self.dependents[i].len() {
             let d = self.dependents[i][k];
             self.remaining[d] = self.remaining[d].saturating_sub(1);
-            if self.remaining[d] == 0 && is_waiting(&self.jobs[d]) {
+            if self.remaining[d] == 0 && self.nodes[d].waiting {
                 self.ready.push_back(d);
             }
         }
@@ -374,11 +434,11 @@ impl Plan {
     ) -> Result<()> {
         let mut deferred = std::collections::VecDeque::new();
         while let Some(i) = self.ready.pop_front() {
-            if !is_waiting(&self.jobs[i]) {
+            if !self.nodes[i].waiting {
                 continue;
             }
             let node = &workflow.nodes()[i];
-            let deps: Vec<&Job> = self.deps[i].iter().map(|&d| &self.jobs[d]).collect();
+            let deps: Vec<&NodeState> = self.deps[i].iter().map(|&d| &self.nodes[d]).collect();
             let all_done = deps.iter().all(|d| d.state == JobState::Done);
             let any_failed = deps.iter().any(|d| d.state == JobState::Failed);
             let verdict = match node.trigger {
@@ -402,7 +462,7 @@ impl Plan {
                         .iter()
                         .zip(&self.deps[i])
                         .map(|(name, &d)| {
-                            let result = self.jobs[d].result.clone().unwrap_or(Value::Null);
+                            let result = self.nodes[d].result.clone().unwrap_or(Value::Null);
                             (name.clone(), result)
                         })
                         .collect();
@@ -419,12 +479,12 @@ impl Plan {
                     }
                 }
             };
-            let changed = engine.store.change(self.jobs[i].id, change).await?;
+            let changed = engine.store.change(self.nodes[i].id, change).await?;
             if changed.state.is_end() {
                 self.node_ended(i, changed);
             } else {
                 self.active += 1;
-                self.jobs[i] = changed;
+                self.nodes[i] = NodeState::of(changed);
                 engine.wake.notify_one();
             }
         }
@@ -471,8 +531,15 @@ async fn coordinate_run(
     let run = ctx.job_id();
 
     let poll = engine.settings.poll_interval;
+    // A first attempt created its nodes a moment ago: no need to read them back.
+    let mut fresh = ctx.attempt() == 1;
     'reload: loop {
-        let mut plan = match Plan::load(engine, workflow, run).await {
+        let loaded = if std::mem::take(&mut fresh) {
+            Ok(Plan::fresh(workflow, run))
+        } else {
+            Plan::load(engine, workflow, run).await
+        };
+        let mut plan = match loaded {
             Ok(plan) => plan,
             Err(err) => {
                 tracing::warn!(%run, error = %err, "workflow: reading the run failed; retrying");
@@ -495,7 +562,7 @@ async fn coordinate_run(
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue 'reload;
             }
-            let total = plan.jobs.len();
+            let total = plan.nodes.len();
             if plan.ended == total {
                 return verdict(workflow, &plan)
                     .map_err(|fatal| Box::new(fatal) as CoordinatorError);
@@ -549,16 +616,16 @@ fn verdict(workflow: &Workflow, plan: &Plan) -> std::result::Result<Value, Fatal
     let failed: Vec<&str> = workflow
         .nodes()
         .iter()
-        .zip(&plan.jobs)
-        .filter(|(_, job)| job.state == JobState::Failed)
+        .zip(&plan.nodes)
+        .filter(|(_, node)| node.state == JobState::Failed)
         .map(|(node, _)| node.name.as_str())
         .collect();
     if failed.is_empty() {
         let states: Map<String, Value> = workflow
             .nodes()
             .iter()
-            .zip(&plan.jobs)
-            .map(|(node, job)| (node.name.clone(), Value::from(job.state.as_str())))
+            .zip(&plan.nodes)
+            .map(|(node, state)| (node.name.clone(), Value::from(state.state.as_str())))
             .collect();
         Ok(json!({ "nodes": states }))
     } else {

@@ -352,3 +352,42 @@ async fn a_run_progresses_with_a_single_worker_slot() {
     assert_eq!(report.state, JobState::Done);
     tlo.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cancelled_before_its_coordinator_starts_is_respected() {
+    let tlo = tlo();
+    register_value(&tlo);
+    tlo.register_workflow(
+        Workflow::builder("pair")
+            .node(node("a", 1))
+            .node(node("b", 2).after(["a"]))
+            .node(node("solo", 3))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    // Not started yet: the coordinator's first attempt sees nodes it did not create this way.
+    let run = tlo.run_workflow("pair", json!({})).await.unwrap();
+    let before = run.report().await.unwrap();
+    tlo.cancel(before.nodes[0].job).await.unwrap();
+    tlo.start().unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(10), run.wait())
+        .await
+        .expect("the run ends")
+        .unwrap();
+    let state = |name: &str| {
+        let node = report.nodes.iter().find(|n| n.name == name).unwrap();
+        (node.state, node.error.clone())
+    };
+    assert_eq!(state("a").0, JobState::Cancelled);
+    assert_eq!(
+        state("b"),
+        (JobState::Skipped, Some(UPSTREAM_FAILED.into()))
+    );
+    assert_eq!(
+        state("solo").0,
+        JobState::Done,
+        "independent nodes carry on"
+    );
+    tlo.stop().await.unwrap();
+}
