@@ -147,6 +147,31 @@ async fn pump(
 
 /// Runs `cmd` for one job: stdout lines are logged at `info`, stderr at `warning`. On cancel the
 /// process group gets SIGTERM, then SIGKILL after the grace period.
+/// Has the kernel kill the command (SIGKILL) if the worker process dies first, so that a worker
+/// killed with SIGKILL leaves no command running on while its job is rescued and run again.
+/// (Linux signals the death of the thread that started the command: commands start on the
+/// runtime's worker threads, which live as long as the runtime.)
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_worker(command: &mut tokio::process::Command) {
+    let worker = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec. It only calls prctl(2) and
+    // getppid(2), both async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The worker may have died before the line above: then nobody would kill us.
+            if nix::unistd::getppid().as_raw() as u32 != worker {
+                return Err(nix::errno::Errno::ESRCH.into());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_worker(_command: &mut tokio::process::Command) {}
+
 pub(crate) async fn run_shell(
     cmd: &ShellCommand,
     run: ShellRun<'_>,
@@ -173,6 +198,7 @@ pub(crate) async fn run_shell(
     if let Some(dir) = &cmd.workdir {
         command.current_dir(dir);
     }
+    die_with_worker(&mut command);
     let mut child = command
         .spawn()
         .map_err(|err| ShellFailure::Failed(format!("could not start `{}`: {err}", cmd.shell)))?;
