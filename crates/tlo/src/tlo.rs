@@ -386,6 +386,8 @@ impl Tlo {
     /// their jobs go back to `scheduled`, due now, without using up the attempt (or end
     /// `cancelled` when a cancel was requested), for this or any other worker to run again.
     /// [`run_until_signal`](Self::run_until_signal) calls it on a second SIGINT or SIGTERM.
+    /// The orchestrator takes no more work until its next [`start`](Self::start); called
+    /// outside a stop, follow it with one.
     ///
     /// ```
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
