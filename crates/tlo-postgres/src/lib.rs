@@ -16,11 +16,13 @@
 //! Tests read `TLO_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`) and
 //! each use their own schema.
 
+mod hot_sql;
 mod listen;
 mod locker;
 mod pool;
 mod schema;
 mod store;
+mod writes;
 
 pub use locker::PostgresLocker;
 pub use schema::SCHEMA_VERSION;

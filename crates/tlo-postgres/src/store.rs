@@ -8,19 +8,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{GenericClient as _, Object, Pool, Transaction as DbTransaction};
+use deadpool_postgres::{GenericClient as _, Object, Pool};
 use tlo_core::transition::{
-    Change, apply_acknowledge_cancel, apply_cancel_request, apply_change, apply_claim,
-    apply_completion, apply_progress, apply_relaunch, apply_rescue, check_prunable, claim_order,
+    Change, apply_acknowledge_cancel, apply_cancel_request, apply_change, apply_completion,
+    apply_progress, apply_relaunch, apply_rescue, check_prunable,
 };
 use tlo_core::{
     CancelOutcome, ClaimRequest, Completion, DateTime, Enqueued, Error, Job, JobFilter, JobId,
     JobState, LogEntry, NewJob, Progress, Result, Store, Utc, async_trait,
 };
+use tokio_postgres::Transaction;
 use tokio_postgres::types::{Json, ToSql};
-use tokio_postgres::{GenericClient, Transaction};
 use uuid::Uuid;
 
+use crate::hot_sql::HotSql;
 use crate::pool::{check_schema, config, pg_error, pool, redact};
 use crate::{listen, schema};
 
@@ -57,99 +58,9 @@ impl Default for PostgresOptions {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
-    schema: Arc<str>,
-    url: Arc<str>,
-    sql: Arc<HotSql>,
-}
-
-/// The statements on the hot path, rendered once for the schema; each connection prepares
-/// them once (`prepare_cached`), so the server neither parses nor plans them per call.
-#[derive(Debug)]
-struct HotSql {
-    insert: String,
-    next_eta: String,
-    claim: String,
-    save: String,
-    lock_many: String,
-    lock_one: String,
-}
-
-impl HotSql {
-    fn new(schema: &str) -> HotSql {
-        let jobs = format!("{schema}.jobs");
-        HotSql {
-            // Inserting and waking the workers in one statement: one round trip, and outside a
-            // transaction no BEGIN or COMMIT either. Identical notifications of one transaction
-            // fold into one.
-            insert: format!(
-                "WITH ins AS (
-                     INSERT INTO {jobs} (id, task, queue, state, priority, eta, unique_key, parent,
-                         root, depth, ord, data)
-                     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
-                         $5::int4[], $6::int8[], $7::text[], $8::uuid[], $9::uuid[], $10::int4[],
-                         $11::int4[], $12::json[])
-                     ON CONFLICT (unique_key) DO NOTHING
-                     RETURNING id)
-                 SELECT id, pg_notify($13, '') FROM ins"
-            ),
-            // One priority level at a time (a loose index scan of the levels present), each read
-            // a range of `jobs_due` that ends at the first job not yet due: jobs waiting for a
-            // later eta (delayed jobs, workflow nodes waiting for their dependencies) are never
-            // stepped over, however many there are (5 ms -> 0.13 ms with 100,000 waiting).
-            // Levels are read lazily: once LIMIT rows are found, lower levels are not touched.
-            // The earliest eta of each priority level is the first entry of its index range.
-            next_eta: format!(
-                "WITH RECURSIVE levels(queue, priority) AS (
-                     SELECT q, (SELECT priority FROM {jobs}
-                                WHERE state = 'scheduled' AND queue = q
-                                ORDER BY priority DESC LIMIT 1)
-                     FROM unnest($1::text[]) AS q
-                     UNION ALL
-                     SELECT l.queue, (SELECT j.priority FROM {jobs} j
-                                      WHERE j.state = 'scheduled' AND j.queue = l.queue
-                                        AND j.priority < l.priority
-                                      ORDER BY j.priority DESC LIMIT 1)
-                     FROM levels l WHERE l.priority IS NOT NULL)
-                 SELECT MIN((SELECT j.eta FROM {jobs} j
-                             WHERE j.state = 'scheduled' AND j.queue = l.queue
-                               AND j.priority = l.priority
-                             ORDER BY j.eta LIMIT 1))
-                 FROM levels l WHERE l.priority IS NOT NULL"
-            ),
-            claim: format!(
-                "WITH RECURSIVE levels(priority) AS (
-                     (SELECT priority FROM {jobs} WHERE state = 'scheduled' AND queue = $1
-                      ORDER BY priority DESC LIMIT 1)
-                     UNION ALL
-                     SELECT (SELECT j.priority FROM {jobs} j
-                             WHERE j.state = 'scheduled' AND j.queue = $1
-                               AND j.priority < l.priority
-                             ORDER BY j.priority DESC LIMIT 1)
-                     FROM levels l WHERE l.priority IS NOT NULL)
-                 SELECT c.seq, c.data FROM levels l
-                 CROSS JOIN LATERAL (
-                     SELECT seq, data FROM {jobs} j
-                     WHERE j.state = 'scheduled' AND j.queue = $1 AND j.priority = l.priority
-                       AND j.eta <= $2
-                     ORDER BY j.eta, j.seq LIMIT $3
-                     FOR UPDATE SKIP LOCKED) c
-                 WHERE l.priority IS NOT NULL
-                 LIMIT $3"
-            ),
-            save: format!(
-                "UPDATE {jobs} AS j SET state = u.state, queue = u.queue, priority = u.priority,
-                     eta = u.eta, worker = u.worker, lease_until = u.lease_until,
-                     finished_at = u.finished_at, data = u.data
-                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int8[],
-                     $6::text[], $7::int8[], $8::int8[], $9::json[])
-                     AS u(id, state, queue, priority, eta, worker, lease_until, finished_at, data)
-                 WHERE j.id = u.id"
-            ),
-            // In id order, so that concurrent batches lock rows in the same order.
-            lock_many: format!("SELECT data FROM {jobs} WHERE id = ANY($1) ORDER BY id FOR UPDATE"),
-            lock_one: format!("SELECT data FROM {jobs} WHERE id = $1 FOR UPDATE"),
-        }
-    }
+    pub(crate) schema: Arc<str>,
+    pub(crate) url: Arc<str>,
+    pub(crate) sql: Arc<HotSql>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -161,11 +72,11 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-fn micros(at: DateTime<Utc>) -> i64 {
+pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
 
-fn job_of(row: &tokio_postgres::Row) -> Result<Job> {
+pub(crate) fn job_of(row: &tokio_postgres::Row) -> Result<Job> {
     row.try_get::<_, Json<Job>>("data")
         .map(|Json(job)| job)
         .map_err(pg_error)
@@ -224,11 +135,11 @@ impl PostgresStore {
         client(&self.pool, &self.url).await
     }
 
-    fn channel(&self) -> String {
+    pub(crate) fn channel(&self) -> String {
         format!("{}_jobs", self.schema)
     }
 
-    fn t(&self, table: &str) -> String {
+    pub(crate) fn t(&self, table: &str) -> String {
         format!("{}.{table}", self.schema)
     }
 
@@ -241,182 +152,6 @@ impl PostgresStore {
     ) -> Result<Vec<Enqueued>> {
         let statement = tx.prepare(&self.sql.insert).await.map_err(pg_error)?;
         self.insert(tx, &statement, jobs).await
-    }
-
-    /// Inserts with `statement` (the prepared [`HotSql::insert`]).
-    async fn insert<C: GenericClient>(
-        &self,
-        db: &C,
-        statement: &tokio_postgres::Statement,
-        jobs: Vec<NewJob>,
-    ) -> Result<Vec<Enqueued>> {
-        if jobs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let now = Utc::now();
-        let jobs: Vec<Job> = jobs.into_iter().map(|new| new.into_job(now)).collect();
-        let ids: Vec<Uuid> = jobs.iter().map(|j| j.id.0).collect();
-        let tasks: Vec<&str> = jobs.iter().map(|j| j.task.as_str()).collect();
-        let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
-        let states: Vec<&str> = jobs.iter().map(|j| j.state.as_str()).collect();
-        let priorities: Vec<i32> = jobs.iter().map(|j| j.priority).collect();
-        let etas: Vec<i64> = jobs.iter().map(|j| micros(j.eta)).collect();
-        let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.unique_key.as_deref()).collect();
-        let parents: Vec<Option<Uuid>> = jobs.iter().map(|j| j.parent.map(|p| p.0)).collect();
-        let roots: Vec<Uuid> = jobs.iter().map(|j| j.root.0).collect();
-        let depths: Vec<i32> = jobs.iter().map(|j| j.depth as i32).collect();
-        let orders: Vec<i32> = jobs.iter().map(|j| j.order as i32).collect();
-        let data: Vec<Json<&Job>> = jobs.iter().map(Json).collect();
-        let channel = self.channel();
-        let params: [&(dyn ToSql + Sync); 13] = [
-            &ids,
-            &tasks,
-            &queues,
-            &states,
-            &priorities,
-            &etas,
-            &keys,
-            &parents,
-            &roots,
-            &depths,
-            &orders,
-            &data,
-            &channel,
-        ];
-        let inserted: std::collections::HashSet<Uuid> = db
-            .query(statement, &params)
-            .await
-            .map_err(pg_error)?
-            .iter()
-            .map(|row| row.get::<_, Uuid>(0))
-            .collect();
-        let mut out = Vec::with_capacity(jobs.len());
-        for job in &jobs {
-            if inserted.contains(&job.id.0) {
-                out.push(Enqueued {
-                    id: job.id,
-                    inserted: true,
-                });
-                continue;
-            }
-            let key = job.unique_key.as_deref().unwrap_or_default();
-            let row = db
-                .query_one(
-                    &format!("SELECT id FROM {} WHERE unique_key = $1", self.t("jobs")),
-                    &[&key],
-                )
-                .await
-                .map_err(pg_error)?;
-            out.push(Enqueued {
-                id: JobId(row.get(0)),
-                inserted: false,
-            });
-        }
-        Ok(out)
-    }
-
-    async fn notify<C: GenericClient>(&self, db: &C) -> Result<()> {
-        db.execute("SELECT pg_notify($1, '')", &[&self.channel()])
-            .await
-            .map_err(pg_error)?;
-        Ok(())
-    }
-
-    /// Writes back changed jobs in one statement.
-    async fn save(&self, db: &DbTransaction<'_>, jobs: &[Job]) -> Result<()> {
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<Uuid> = jobs.iter().map(|j| j.id.0).collect();
-        let states: Vec<&str> = jobs.iter().map(|j| j.state.as_str()).collect();
-        let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
-        let priorities: Vec<i32> = jobs.iter().map(|j| j.priority).collect();
-        let etas: Vec<i64> = jobs.iter().map(|j| micros(j.eta)).collect();
-        let workers: Vec<Option<&str>> = jobs.iter().map(|j| j.worker.as_deref()).collect();
-        let leases: Vec<Option<i64>> = jobs.iter().map(|j| j.lease_until.map(micros)).collect();
-        let finished: Vec<Option<i64>> = jobs.iter().map(|j| j.finished_at.map(micros)).collect();
-        let data: Vec<Json<&Job>> = jobs.iter().map(Json).collect();
-        let statement = db.prepare_cached(&self.sql.save).await.map_err(pg_error)?;
-        db.execute(
-            &statement,
-            &[
-                &ids,
-                &states,
-                &queues,
-                &priorities,
-                &etas,
-                &workers,
-                &leases,
-                &finished,
-                &data,
-            ],
-        )
-        .await
-        .map_err(pg_error)?;
-        if jobs.iter().any(|j| j.state == JobState::Scheduled) {
-            self.notify(&**db).await?;
-        }
-        Ok(())
-    }
-
-    /// Locks one job's row, applies `change`, writes it back; all or nothing.
-    async fn modify<T>(
-        &self,
-        id: JobId,
-        change: impl FnOnce(&mut Job) -> Result<T>,
-    ) -> Result<(T, Job)> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
-        let statement = tx
-            .prepare_cached(&self.sql.lock_one)
-            .await
-            .map_err(pg_error)?;
-        let row = tx
-            .query_opt(&statement, &[&id.0])
-            .await
-            .map_err(pg_error)?
-            .ok_or(Error::JobNotFound(id))?;
-        let mut job = job_of(&row)?;
-        let out = change(&mut job)?;
-        self.save(&tx, std::slice::from_ref(&job)).await?;
-        tx.commit().await.map_err(pg_error)?;
-        Ok((out, job))
-    }
-
-    /// Selects and claims due jobs inside `tx`; the caller saves and commits.
-    async fn claim_in(&self, tx: &DbTransaction<'_>, request: &ClaimRequest) -> Result<Vec<Job>> {
-        let sql = tx.prepare_cached(&self.sql.claim).await.map_err(pg_error)?;
-        let now = micros(request.now);
-        let mut candidates: Vec<(i64, Job)> = Vec::new();
-        for demand in request.queues.iter().filter(|d| d.limit > 0) {
-            let limit = demand.limit.min(request.limit) as i64;
-            for row in tx
-                .query(&sql, &[&demand.queue, &now, &limit])
-                .await
-                .map_err(pg_error)?
-            {
-                candidates.push((row.get(0), job_of(&row)?));
-            }
-        }
-        candidates.sort_by(|(sa, a), (sb, b)| claim_order(a, *sa, b, *sb));
-        candidates.truncate(request.limit);
-        let mut claimed = Vec::with_capacity(candidates.len());
-        for (_, mut job) in candidates {
-            apply_claim(&mut job, &request.worker, request.now, request.lease)?;
-            claimed.push(job);
-        }
-        Ok(claimed)
-    }
-
-    async fn exists<C: GenericClient>(&self, db: &C, id: JobId) -> Result<()> {
-        db.query_opt(
-            &format!("SELECT 1 FROM {} WHERE id = $1", self.t("jobs")),
-            &[&id.0],
-        )
-        .await
-        .map_err(pg_error)?
-        .map(drop)
-        .ok_or(Error::JobNotFound(id))
     }
 }
 

@@ -1,0 +1,91 @@
+//! The statements on the hot path of [`PostgresStore`](crate::PostgresStore).
+
+/// The statements on the hot path, rendered once for the schema; each connection prepares
+/// them once (`prepare_cached`), so the server neither parses nor plans them per call.
+#[derive(Debug)]
+pub(crate) struct HotSql {
+    pub(crate) insert: String,
+    pub(crate) next_eta: String,
+    pub(crate) claim: String,
+    pub(crate) save: String,
+    pub(crate) lock_many: String,
+    pub(crate) lock_one: String,
+}
+
+impl HotSql {
+    pub(crate) fn new(schema: &str) -> HotSql {
+        let jobs = format!("{schema}.jobs");
+        HotSql {
+            // Inserting and waking the workers in one statement: one round trip, and outside a
+            // transaction no BEGIN or COMMIT either. Identical notifications of one transaction
+            // fold into one.
+            insert: format!(
+                "WITH ins AS (
+                     INSERT INTO {jobs} (id, task, queue, state, priority, eta, unique_key, parent,
+                         root, depth, ord, data)
+                     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
+                         $5::int4[], $6::int8[], $7::text[], $8::uuid[], $9::uuid[], $10::int4[],
+                         $11::int4[], $12::json[])
+                     ON CONFLICT (unique_key) DO NOTHING
+                     RETURNING id)
+                 SELECT id, pg_notify($13, '') FROM ins"
+            ),
+            // One priority level at a time (a loose index scan of the levels present), each read
+            // a range of `jobs_due` that ends at the first job not yet due: jobs waiting for a
+            // later eta (delayed jobs, workflow nodes waiting for their dependencies) are never
+            // stepped over, however many there are (5 ms -> 0.13 ms with 100,000 waiting).
+            // Levels are read lazily: once LIMIT rows are found, lower levels are not touched.
+            // The earliest eta of each priority level is the first entry of its index range.
+            next_eta: format!(
+                "WITH RECURSIVE levels(queue, priority) AS (
+                     SELECT q, (SELECT priority FROM {jobs}
+                                WHERE state = 'scheduled' AND queue = q
+                                ORDER BY priority DESC LIMIT 1)
+                     FROM unnest($1::text[]) AS q
+                     UNION ALL
+                     SELECT l.queue, (SELECT j.priority FROM {jobs} j
+                                      WHERE j.state = 'scheduled' AND j.queue = l.queue
+                                        AND j.priority < l.priority
+                                      ORDER BY j.priority DESC LIMIT 1)
+                     FROM levels l WHERE l.priority IS NOT NULL)
+                 SELECT MIN((SELECT j.eta FROM {jobs} j
+                             WHERE j.state = 'scheduled' AND j.queue = l.queue
+                               AND j.priority = l.priority
+                             ORDER BY j.eta LIMIT 1))
+                 FROM levels l WHERE l.priority IS NOT NULL"
+            ),
+            claim: format!(
+                "WITH RECURSIVE levels(priority) AS (
+                     (SELECT priority FROM {jobs} WHERE state = 'scheduled' AND queue = $1
+                      ORDER BY priority DESC LIMIT 1)
+                     UNION ALL
+                     SELECT (SELECT j.priority FROM {jobs} j
+                             WHERE j.state = 'scheduled' AND j.queue = $1
+                               AND j.priority < l.priority
+                             ORDER BY j.priority DESC LIMIT 1)
+                     FROM levels l WHERE l.priority IS NOT NULL)
+                 SELECT c.seq, c.data FROM levels l
+                 CROSS JOIN LATERAL (
+                     SELECT seq, data FROM {jobs} j
+                     WHERE j.state = 'scheduled' AND j.queue = $1 AND j.priority = l.priority
+                       AND j.eta <= $2
+                     ORDER BY j.eta, j.seq LIMIT $3
+                     FOR UPDATE SKIP LOCKED) c
+                 WHERE l.priority IS NOT NULL
+                 LIMIT $3"
+            ),
+            save: format!(
+                "UPDATE {jobs} AS j SET state = u.state, queue = u.queue, priority = u.priority,
+                     eta = u.eta, worker = u.worker, lease_until = u.lease_until,
+                     finished_at = u.finished_at, data = u.data
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int8[],
+                     $6::text[], $7::int8[], $8::int8[], $9::json[])
+                     AS u(id, state, queue, priority, eta, worker, lease_until, finished_at, data)
+                 WHERE j.id = u.id"
+            ),
+            // In id order, so that concurrent batches lock rows in the same order.
+            lock_many: format!("SELECT data FROM {jobs} WHERE id = ANY($1) ORDER BY id FOR UPDATE"),
+            lock_one: format!("SELECT data FROM {jobs} WHERE id = $1 FOR UPDATE"),
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! How [`PostgresStore`](crate::PostgresStore) reads and writes job rows: batched inserts and
+//! saves, locked read-modify-write, and claims.
+
+use deadpool_postgres::{GenericClient as _, Transaction as DbTransaction};
+use tlo_core::transition::{apply_claim, claim_order};
+use tlo_core::{ClaimRequest, Enqueued, Error, Job, JobId, JobState, NewJob, Result, Utc};
+use tokio_postgres::GenericClient;
+use tokio_postgres::types::{Json, ToSql};
+use uuid::Uuid;
+
+use crate::PostgresStore;
+use crate::pool::pg_error;
+use crate::store::{job_of, micros};
+
+impl PostgresStore {
+    /// Inserts with `statement` (the prepared [`HotSql::insert`](crate::hot_sql::HotSql)).
+    pub(crate) async fn insert<C: GenericClient>(
+        &self,
+        db: &C,
+        statement: &tokio_postgres::Statement,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<Enqueued>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = Utc::now();
+        let jobs: Vec<Job> = jobs.into_iter().map(|new| new.into_job(now)).collect();
+        let ids: Vec<Uuid> = jobs.iter().map(|j| j.id.0).collect();
+        let tasks: Vec<&str> = jobs.iter().map(|j| j.task.as_str()).collect();
+        let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+        let states: Vec<&str> = jobs.iter().map(|j| j.state.as_str()).collect();
+        let priorities: Vec<i32> = jobs.iter().map(|j| j.priority).collect();
+        let etas: Vec<i64> = jobs.iter().map(|j| micros(j.eta)).collect();
+        let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.unique_key.as_deref()).collect();
+        let parents: Vec<Option<Uuid>> = jobs.iter().map(|j| j.parent.map(|p| p.0)).collect();
+        let roots: Vec<Uuid> = jobs.iter().map(|j| j.root.0).collect();
+        let depths: Vec<i32> = jobs.iter().map(|j| j.depth as i32).collect();
+        let orders: Vec<i32> = jobs.iter().map(|j| j.order as i32).collect();
+        let data: Vec<Json<&Job>> = jobs.iter().map(Json).collect();
+        let channel = self.channel();
+        let params: [&(dyn ToSql + Sync); 13] = [
+            &ids,
+            &tasks,
+            &queues,
+            &states,
+            &priorities,
+            &etas,
+            &keys,
+            &parents,
+            &roots,
+            &depths,
+            &orders,
+            &data,
+            &channel,
+        ];
+        let inserted: std::collections::HashSet<Uuid> = db
+            .query(statement, &params)
+            .await
+            .map_err(pg_error)?
+            .iter()
+            .map(|row| row.get::<_, Uuid>(0))
+            .collect();
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            if inserted.contains(&job.id.0) {
+                out.push(Enqueued {
+                    id: job.id,
+                    inserted: true,
+                });
+                continue;
+            }
+            let key = job.unique_key.as_deref().unwrap_or_default();
+            let row = db
+                .query_one(
+                    &format!("SELECT id FROM {} WHERE unique_key = $1", self.t("jobs")),
+                    &[&key],
+                )
+                .await
+                .map_err(pg_error)?;
+            out.push(Enqueued {
+                id: JobId(row.get(0)),
+                inserted: false,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn notify<C: GenericClient>(&self, db: &C) -> Result<()> {
+        db.execute("SELECT pg_notify($1, '')", &[&self.channel()])
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+
+    /// Writes back changed jobs in one statement.
+    pub(crate) async fn save(&self, db: &DbTransaction<'_>, jobs: &[Job]) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = jobs.iter().map(|j| j.id.0).collect();
+        let states: Vec<&str> = jobs.iter().map(|j| j.state.as_str()).collect();
+        let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+        let priorities: Vec<i32> = jobs.iter().map(|j| j.priority).collect();
+        let etas: Vec<i64> = jobs.iter().map(|j| micros(j.eta)).collect();
+        let workers: Vec<Option<&str>> = jobs.iter().map(|j| j.worker.as_deref()).collect();
+        let leases: Vec<Option<i64>> = jobs.iter().map(|j| j.lease_until.map(micros)).collect();
+        let finished: Vec<Option<i64>> = jobs.iter().map(|j| j.finished_at.map(micros)).collect();
+        let data: Vec<Json<&Job>> = jobs.iter().map(Json).collect();
+        let statement = db.prepare_cached(&self.sql.save).await.map_err(pg_error)?;
+        db.execute(
+            &statement,
+            &[
+                &ids,
+                &states,
+                &queues,
+                &priorities,
+                &etas,
+                &workers,
+                &leases,
+                &finished,
+                &data,
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+        if jobs.iter().any(|j| j.state == JobState::Scheduled) {
+            self.notify(&**db).await?;
+        }
+        Ok(())
+    }
+
+    /// Locks one job's row, applies `change`, writes it back; all or nothing.
+    pub(crate) async fn modify<T>(
+        &self,
+        id: JobId,
+        change: impl FnOnce(&mut Job) -> Result<T>,
+    ) -> Result<(T, Job)> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let statement = tx
+            .prepare_cached(&self.sql.lock_one)
+            .await
+            .map_err(pg_error)?;
+        let row = tx
+            .query_opt(&statement, &[&id.0])
+            .await
+            .map_err(pg_error)?
+            .ok_or(Error::JobNotFound(id))?;
+        let mut job = job_of(&row)?;
+        let out = change(&mut job)?;
+        self.save(&tx, std::slice::from_ref(&job)).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok((out, job))
+    }
+
+    /// Selects and claims due jobs inside `tx`; the caller saves and commits.
+    pub(crate) async fn claim_in(
+        &self,
+        tx: &DbTransaction<'_>,
+        request: &ClaimRequest,
+    ) -> Result<Vec<Job>> {
+        let sql = tx.prepare_cached(&self.sql.claim).await.map_err(pg_error)?;
+        let now = micros(request.now);
+        let mut candidates: Vec<(i64, Job)> = Vec::new();
+        for demand in request.queues.iter().filter(|d| d.limit > 0) {
+            let limit = demand.limit.min(request.limit) as i64;
+            for row in tx
+                .query(&sql, &[&demand.queue, &now, &limit])
+                .await
+                .map_err(pg_error)?
+            {
+                candidates.push((row.get(0), job_of(&row)?));
+            }
+        }
+        candidates.sort_by(|(sa, a), (sb, b)| claim_order(a, *sa, b, *sb));
+        candidates.truncate(request.limit);
+        let mut claimed = Vec::with_capacity(candidates.len());
+        for (_, mut job) in candidates {
+            apply_claim(&mut job, &request.worker, request.now, request.lease)?;
+            claimed.push(job);
+        }
+        Ok(claimed)
+    }
+
+    pub(crate) async fn exists<C: GenericClient>(&self, db: &C, id: JobId) -> Result<()> {
+        db.query_opt(
+            &format!("SELECT 1 FROM {} WHERE id = $1", self.t("jobs")),
+            &[&id.0],
+        )
+        .await
+        .map_err(pg_error)?
+        .map(drop)
+        .ok_or(Error::JobNotFound(id))
+    }
+}
