@@ -13,6 +13,7 @@
 
 mod conn;
 mod locker;
+mod rows;
 mod schema;
 mod store;
 
