@@ -1,0 +1,241 @@
+//! Beyond one attempt: relaunch, idle jobs, deletion, pruning, batched rounds, waiting jobs.
+
+use super::*;
+
+/// An ended job runs again with one more attempt; an active one cannot be relaunched.
+pub async fn relaunch_runs_an_ended_job_again<S: Store>(store: Arc<S>) {
+    let id = put(&*store, vec![job("t")]).await[0];
+    assert!(matches!(
+        store.relaunch(id, Utc::now()).await,
+        Err(Error::IllegalTransition { .. })
+    ));
+    claim(&*store, 1).await;
+    let failed = Outcome::Failed {
+        error: "boom".into(),
+        retry_at: None,
+    };
+    complete(&*store, id, 1, failed).await.unwrap();
+    let again = store.relaunch(id, Utc::now()).await.unwrap();
+    assert_eq!(
+        (again.state, again.error.clone()),
+        (JobState::Scheduled, None)
+    );
+    let claimed = claim(&*store, 1).await;
+    assert_eq!((claimed[0].id, claimed[0].attempt), (id, 2));
+    assert_eq!(
+        claimed[0].attempts[0].error.as_deref(),
+        Some("boom"),
+        "history kept"
+    );
+}
+
+/// A process: created `idle` (never claimed), launched to `scheduled`, dismissed back to
+/// `idle` once ended with its result and progress cleared; dismissing an active job is illegal.
+pub async fn idle_jobs_launch_and_dismiss<S: Store>(store: Arc<S>) {
+    let mut new = job("t");
+    new.state = JobState::Idle;
+    let id = put(&*store, vec![new]).await[0];
+    assert!(claim(&*store, 1).await.is_empty(), "idle is never claimed");
+    let launched = store.relaunch(id, Utc::now()).await.unwrap();
+    assert_eq!(launched.state, JobState::Scheduled);
+    assert!(matches!(
+        store.change(id, Change::Dismiss).await,
+        Err(Error::IllegalTransition { .. })
+    ));
+    claim(&*store, 1).await;
+    store
+        .set_progress(
+            id,
+            1,
+            Progress {
+                percent: Some(40.0),
+                message: Some("m".into()),
+            },
+        )
+        .await
+        .unwrap();
+    complete(&*store, id, 1, Outcome::Done(json!("r")))
+        .await
+        .unwrap();
+    let idle = store.change(id, Change::Dismiss).await.unwrap();
+    assert_eq!((idle.state, idle.result.clone()), (JobState::Idle, None));
+    assert_eq!(idle.progress, Progress::default());
+    let stored = store.get(id).await.unwrap().unwrap();
+    assert_eq!((stored.state, stored.finished_at), (JobState::Idle, None));
+}
+
+/// One info line of attempt 1.
+fn log_line() -> LogEntry {
+    LogEntry {
+        at: Utc::now(),
+        level: LogLevel::Info,
+        message: "x".into(),
+        attempt: 1,
+    }
+}
+
+/// Delete removes idle and ended jobs with their logs, all or nothing: an active job among
+/// them leaves every job in place. `clear_logs` empties one log.
+pub async fn delete_only_inactive_jobs_with_their_logs<S: Store>(store: Arc<S>) {
+    let mut idle = job("t");
+    idle.state = JobState::Idle;
+    let ids = put(&*store, vec![idle, job("t"), job("t")]).await;
+    claim(&*store, 1).await;
+    complete(&*store, ids[1], 1, Outcome::Done(json!(1)))
+        .await
+        .unwrap();
+    let line = log_line();
+    store.append_logs(ids[1], vec![line.clone()]).await.unwrap();
+    let refused = store.delete(&ids).await.unwrap_err();
+    assert!(
+        matches!(refused, Error::ActiveJob { job, state: JobState::Scheduled } if job == ids[2]),
+        "{refused}"
+    );
+    assert!(
+        store.get(ids[0]).await.unwrap().is_some(),
+        "nothing deleted"
+    );
+    assert_eq!(store.logs(ids[1]).await.unwrap().len(), 1);
+
+    assert_eq!(
+        store.delete(&[ids[0], ids[1], JobId::new()]).await.unwrap(),
+        2
+    );
+    assert!(store.get(ids[0]).await.unwrap().is_none());
+    assert!(store.get(ids[1]).await.unwrap().is_none());
+    assert!(store.get(ids[2]).await.unwrap().is_some());
+
+    store.append_logs(ids[2], vec![line]).await.unwrap();
+    store.clear_logs(ids[2]).await.unwrap();
+    assert!(store.logs(ids[2]).await.unwrap().is_empty());
+    assert!(matches!(
+        store.clear_logs(JobId::new()).await,
+        Err(Error::JobNotFound(_))
+    ));
+}
+
+/// Pruning removes old ended jobs of one state with their logs, and never anything active.
+pub async fn prune_removes_only_old_ended_jobs<S: Store>(store: Arc<S>) {
+    let ids = put(&*store, vec![job("t"), job("t"), job("t")]).await;
+    claim(&*store, 1).await;
+    complete(&*store, ids[0], 1, Outcome::Done(json!(1)))
+        .await
+        .unwrap();
+    let line = log_line();
+    store.append_logs(ids[0], vec![line]).await.unwrap();
+    store.request_cancel(ids[1]).await.unwrap();
+    let future = Utc::now() + TimeDelta::seconds(1);
+    assert!(
+        store.prune(JobState::Scheduled, future, 10).await.is_err(),
+        "active refused"
+    );
+    assert_eq!(
+        store
+            .prune(JobState::Done, Utc::now() - TimeDelta::hours(1), 10)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.prune(JobState::Done, future, 10).await.unwrap(), 1);
+    assert!(store.get(ids[0]).await.unwrap().is_none());
+    assert!(store.logs(ids[0]).await.is_err(), "logs went with the job");
+    assert_eq!(
+        state(&*store, ids[1]).await,
+        JobState::Cancelled,
+        "other states kept"
+    );
+    assert_eq!(state(&*store, ids[2]).await, JobState::Scheduled);
+    assert_eq!(
+        store.prune(JobState::Cancelled, future, 10).await.unwrap(),
+        1
+    );
+
+    // A process lives until deleted, however long ago it ended.
+    let mut process = job("t");
+    process.unique_key = Some(format!("{}nightly", tlo_core::PROCESS_KEY_PREFIX));
+    let process = put(&*store, vec![process]).await[0];
+    claim(&*store, 2).await; // The waiting job above, then the process.
+    complete(&*store, process, 1, Outcome::Done(json!(1)))
+        .await
+        .unwrap();
+    let later = Utc::now() + TimeDelta::seconds(1);
+    assert_eq!(store.prune(JobState::Done, later, 10).await.unwrap(), 0);
+    assert!(store.get(process).await.unwrap().is_some());
+}
+
+/// Completions and the next claims in one round: each completion succeeds or fails alone.
+pub async fn complete_and_claim_in_one_round<S: Store>(store: Arc<S>) {
+    let ids = put(&*store, vec![job("a"), job("b"), job("c"), job("d")]).await;
+    claim(&*store, 2).await;
+    let completions = vec![
+        Completion {
+            id: ids[0],
+            attempt: 1,
+            outcome: Outcome::Done(json!("ok")),
+            at: Utc::now(),
+        },
+        Completion {
+            id: ids[1],
+            attempt: 5,
+            outcome: Outcome::Done(json!("stale")),
+            at: Utc::now(),
+        },
+    ];
+    let next = request(&[("default", 2)], 2, Utc::now());
+    let (results, claimed) = store
+        .complete_and_claim(completions, Some(&next))
+        .await
+        .unwrap();
+    assert_eq!(results[0].as_ref().unwrap().state, JobState::Done);
+    assert!(matches!(results[1], Err(Error::StaleAttempt { .. })));
+    let claimed: Vec<JobId> = claimed.into_iter().map(|j| j.id).collect();
+    assert_eq!(claimed, vec![ids[2], ids[3]]);
+    assert_eq!(
+        state(&*store, ids[1]).await,
+        JobState::Running,
+        "the stale write changed nothing"
+    );
+    let (results, claimed) = store.complete_and_claim(Vec::new(), None).await.unwrap();
+    assert!(results.is_empty() && claimed.is_empty());
+}
+
+/// A waiting job is released (new arguments, due now) or skipped; a running one is neither.
+pub async fn waiting_jobs_are_released_or_skipped<S: Store>(store: Arc<S>) {
+    let mut waiting = job("t");
+    waiting.eta = Utc::now() + TimeDelta::days(365);
+    let mut other = waiting.clone();
+    other.id = JobId::new();
+    other.root = other.id;
+    let ids = put(&*store, vec![waiting, other, job("t")]).await;
+    let now = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap();
+    let release = Change::Release {
+        args: json!({"upstream": {"a": 1}}),
+        eta: now,
+    };
+    let released = store.change(ids[0], release.clone()).await.unwrap();
+    assert_eq!((released.state, released.eta), (JobState::Scheduled, now));
+    let skip = Change::Skip {
+        error: "UPSTREAM_FAILED".into(),
+    };
+    let skipped = store.change(ids[1], skip.clone()).await.unwrap();
+    assert_eq!(skipped.state, JobState::Skipped);
+    assert_eq!(skipped.error.as_deref(), Some("UPSTREAM_FAILED"));
+    let claimed = claim(&*store, 5).await;
+    let released = claimed
+        .iter()
+        .find(|j| j.id == ids[0])
+        .expect("released job is due");
+    assert_eq!(released.args, json!({"upstream": {"a": 1}}));
+    assert!(
+        claimed.iter().all(|j| j.id != ids[1]),
+        "skipped jobs never run"
+    );
+    assert!(matches!(
+        store.change(ids[2], skip).await,
+        Err(Error::IllegalTransition { .. })
+    ));
+    assert!(matches!(
+        store.change(ids[1], release).await,
+        Err(Error::IllegalTransition { .. })
+    ));
+}
