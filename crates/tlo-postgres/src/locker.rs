@@ -8,7 +8,7 @@ use deadpool_postgres::Pool;
 use tlo_core::{JobId, Locker, Result, Utc, async_trait};
 use uuid::Uuid;
 
-use crate::pool::pg_error;
+use crate::pool::db_error;
 use crate::store::client;
 
 /// A [`Locker`] on the `locks` table; a holder that vanished loses its key when its lease ends.
@@ -53,7 +53,7 @@ impl Locker for PostgresLocker {
                 &[&key, &owner.0, &until(ttl), &now()],
             )
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         Ok(changed > 0)
     }
 
@@ -68,7 +68,7 @@ impl Locker for PostgresLocker {
                 &[&key, &owner.0, &until(ttl)],
             )
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         Ok(changed > 0)
     }
 
@@ -80,7 +80,7 @@ impl Locker for PostgresLocker {
                 &[&key, &owner.0],
             )
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         Ok(())
     }
 
@@ -95,7 +95,7 @@ impl Locker for PostgresLocker {
                 &[&key, &now()],
             )
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         Ok(row.map(|r| JobId(r.get::<_, Uuid>(0))))
     }
 }

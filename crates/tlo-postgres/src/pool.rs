@@ -10,6 +10,21 @@ pub(crate) fn pg_error(err: impl std::fmt::Display) -> Error {
     Error::store(format!("postgres: {err}"))
 }
 
+/// A driver error with the server's own message: tokio-postgres shows a refused statement only
+/// as "db error", and keeps what the server said (and where) in its source.
+pub(crate) fn db_error(err: tokio_postgres::Error) -> Error {
+    match err.as_db_error() {
+        Some(db) => {
+            let mut text = format!("postgres: {} ({})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!(": {detail}"));
+            }
+            Error::store(text)
+        }
+        None => pg_error(err),
+    }
+}
+
 /// `postgres://user:secret@host/db` -> `postgres://user@host/db`.
 pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

@@ -3,7 +3,7 @@
 
 use tlo_core::Result;
 
-use crate::pool::pg_error;
+use crate::pool::{db_error, pg_error};
 
 /// Migrations in order; `{schema}` is replaced by the store's schema name. A released migration
 /// is never edited, only followed by a new one.
@@ -75,13 +75,22 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 /// Applies the migrations not yet applied to `schema`; returns the versions applied.
 pub(crate) async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<Vec<i64>> {
-    let tx = client.transaction().await.map_err(pg_error)?;
+    migrate_to(client, schema, SCHEMA_VERSION).await
+}
+
+/// Applies the migrations not yet applied to `schema` up to version `target`.
+async fn migrate_to(
+    client: &mut tokio_postgres::Client,
+    schema: &str,
+    target: i64,
+) -> Result<Vec<i64>> {
+    let tx = client.transaction().await.map_err(db_error)?;
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtext('tlo-migrate:' || $1))",
         &[&schema],
     )
     .await
-    .map_err(pg_error)?;
+    .map_err(db_error)?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {schema};
          CREATE TABLE IF NOT EXISTS {schema}.tlo_migrations (
@@ -90,14 +99,14 @@ pub(crate) async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -
          );"
     ))
     .await
-    .map_err(pg_error)?;
+    .map_err(db_error)?;
     let current: i64 = tx
         .query_one(
             &format!("SELECT COALESCE(MAX(version), 0) FROM {schema}.tlo_migrations"),
             &[],
         )
         .await
-        .map_err(pg_error)?
+        .map_err(db_error)?
         .get(0);
     if current > SCHEMA_VERSION {
         return Err(pg_error(format!(
@@ -105,18 +114,114 @@ pub(crate) async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -
         )));
     }
     let mut applied = Vec::new();
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+    for (version, sql) in MIGRATIONS
+        .iter()
+        .filter(|(v, _)| *v > current && *v <= target)
+    {
         tx.batch_execute(&sql.replace("{schema}", schema))
             .await
-            .map_err(|err| pg_error(format!("migration {version}: {err}")))?;
+            .map_err(|err| match err.as_db_error() {
+                Some(db) => pg_error(format!("migration {version}: {}", db.message())),
+                None => pg_error(format!("migration {version}: {err}")),
+            })?;
         tx.execute(
             &format!("INSERT INTO {schema}.tlo_migrations (version) VALUES ($1)"),
             &[version],
         )
         .await
-        .map_err(pg_error)?;
+        .map_err(db_error)?;
         applied.push(*version);
     }
-    tx.commit().await.map_err(pg_error)?;
+    tx.commit().await.map_err(db_error)?;
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{PostgresOptions, PostgresStore};
+    use tlo_core::{NewJob, Store, Utc};
+
+    fn url() -> String {
+        std::env::var("TLO_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_statement_reports_what_the_server_said() {
+        let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL must be reachable (TLO_TEST_DATABASE_URL)");
+        tokio::spawn(connection);
+        let err = client
+            .execute("SELECT * FROM tlo_no_such_table", &[])
+            .await
+            .map_err(db_error)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "store: postgres: relation \"tlo_no_such_table\" does not exist (42P01)"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn upgrading_from_the_first_version_keeps_every_job_and_its_unique_key() {
+        let (mut client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL must be reachable (TLO_TEST_DATABASE_URL)");
+        tokio::spawn(connection);
+        let schema = format!("tlo_test_{}_upgrade", std::process::id());
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .await
+            .unwrap();
+        assert_eq!(migrate_to(&mut client, &schema, 1).await.unwrap(), [1]);
+        // A job written by a build at version 1.
+        let mut new = NewJob::new("report", serde_json::json!({"day": 1}));
+        new.unique_key = Some("report:day-1".into());
+        let job = new.into_job(Utc::now());
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {schema}.jobs (id, task, queue, state, priority, eta, unique_key,
+                         root, depth, ord, data)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, $9)"
+                ),
+                &[
+                    &job.id.0,
+                    &job.task,
+                    &job.queue,
+                    &job.state.as_str(),
+                    &job.priority,
+                    &job.eta.timestamp_micros(),
+                    &job.unique_key,
+                    &job.root.0,
+                    &tokio_postgres::types::Json(&job),
+                ],
+            )
+            .await
+            .unwrap();
+
+        let options = PostgresOptions {
+            schema: schema.clone(),
+            pool_size: 2,
+            ..PostgresOptions::default()
+        };
+        let store = PostgresStore::connect_with(&url(), options).await.unwrap();
+        assert!(
+            store.migrate().await.unwrap().is_empty(),
+            "upgraded on connect"
+        );
+        let kept = store.get(job.id).await.unwrap().expect("the job survives");
+        assert_eq!(kept.args, job.args);
+        let mut again = NewJob::new("report", serde_json::json!({"day": 1}));
+        again.unique_key = Some("report:day-1".into());
+        let enqueued = store.enqueue(vec![again]).await.unwrap();
+        assert_eq!(
+            (enqueued[0].id, enqueued[0].inserted),
+            (job.id, false),
+            "its unique key still holds"
+        );
+        store.drop_schema().await.unwrap();
+    }
 }

@@ -22,7 +22,7 @@ use tokio_postgres::types::{Json, ToSql};
 use uuid::Uuid;
 
 use crate::hot_sql::HotSql;
-use crate::pool::{check_schema, config, pg_error, pool, redact};
+use crate::pool::{check_schema, config, db_error, pg_error, pool, redact};
 use crate::{listen, schema};
 
 /// How to connect: schema, migrations, pool size.
@@ -79,7 +79,7 @@ pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
 pub(crate) fn job_of(row: &tokio_postgres::Row) -> Result<Job> {
     row.try_get::<_, Json<Job>>("data")
         .map(|Json(job)| job)
-        .map_err(pg_error)
+        .map_err(db_error)
 }
 
 impl PostgresStore {
@@ -128,7 +128,7 @@ impl PostgresStore {
         client
             .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
             .await
-            .map_err(pg_error)
+            .map_err(db_error)
     }
 
     pub(crate) async fn client(&self) -> Result<Object> {
@@ -150,7 +150,7 @@ impl PostgresStore {
         tx: &Transaction<'_>,
         jobs: Vec<NewJob>,
     ) -> Result<Vec<Enqueued>> {
-        let statement = tx.prepare(&self.sql.insert).await.map_err(pg_error)?;
+        let statement = tx.prepare(&self.sql.insert).await.map_err(db_error)?;
         self.insert(tx, &statement, jobs).await
     }
 }
@@ -196,13 +196,13 @@ impl Store for PostgresStore {
         let statement = client
             .prepare_cached(&self.sql.insert)
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         self.insert(&**client, &statement, jobs).await
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Job>> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
+        let tx = client.transaction().await.map_err(db_error)?;
         // A claim lost in a server crash only puts the job back to `scheduled`: it runs again
         // and the stale worker's completion is fenced off. Not waiting for the WAL flush here
         // saves a disk sync per claim; enqueues and completions stay fully durable.
@@ -210,11 +210,11 @@ impl Store for PostgresStore {
         let relaxed = async {
             tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
                 .await
-                .map_err(pg_error)
+                .map_err(db_error)
         };
         let ((), claimed) = tokio::try_join!(relaxed, self.claim_in(&tx, request))?;
         self.save(&tx, &claimed).await?;
-        tx.commit().await.map_err(pg_error)?;
+        tx.commit().await.map_err(db_error)?;
         Ok(claimed)
     }
 
@@ -230,7 +230,7 @@ impl Store for PostgresStore {
         next: Option<&ClaimRequest>,
     ) -> Result<(Vec<Result<Job>>, Vec<Job>)> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
+        let tx = client.transaction().await.map_err(db_error)?;
         let ids: Vec<Uuid> = completions.iter().map(|c| c.id.0).collect();
         let lock = async {
             if ids.is_empty() {
@@ -239,8 +239,8 @@ impl Store for PostgresStore {
             let statement = tx
                 .prepare_cached(&self.sql.lock_many)
                 .await
-                .map_err(pg_error)?;
-            tx.query(&statement, &[&ids]).await.map_err(pg_error)
+                .map_err(db_error)?;
+            tx.query(&statement, &[&ids]).await.map_err(db_error)
         };
         let claim = async {
             match next {
@@ -273,7 +273,7 @@ impl Store for PostgresStore {
         let mut writes: Vec<Job> = changed.iter().filter_map(|id| current.remove(id)).collect();
         writes.extend(claimed.iter().cloned());
         self.save(&tx, &writes).await?;
-        tx.commit().await.map_err(pg_error)?;
+        tx.commit().await.map_err(db_error)?;
         Ok((results, claimed))
     }
 
@@ -341,7 +341,7 @@ impl Store for PostgresStore {
                 &[&ids, &attempts, &micros(until), &Json(until_json), &worker],
             )
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         rows.iter()
             .map(|row| {
                 let state: String = row.get(1);
@@ -352,7 +352,7 @@ impl Store for PostgresStore {
 
     async fn rescue_expired(&self, now: DateTime<Utc>) -> Result<Vec<Job>> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
+        let tx = client.transaction().await.map_err(db_error)?;
         let rows = tx
             .query(
                 &format!(
@@ -363,7 +363,7 @@ impl Store for PostgresStore {
                 &[&micros(now)],
             )
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         let mut rescued = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut job = job_of(row)?;
@@ -371,7 +371,7 @@ impl Store for PostgresStore {
             rescued.push(job);
         }
         self.save(&tx, &rescued).await?;
-        tx.commit().await.map_err(pg_error)?;
+        tx.commit().await.map_err(db_error)?;
         Ok(rescued)
     }
 
@@ -395,7 +395,7 @@ impl Store for PostgresStore {
                 &[&id.0, &data],
             )
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         Ok(())
     }
 
@@ -411,12 +411,12 @@ impl Store for PostgresStore {
                 &[&id.0],
             )
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         rows.iter()
             .map(|row| {
                 row.try_get::<_, Json<LogEntry>>(0)
                     .map(|Json(entry)| entry)
-                    .map_err(pg_error)
+                    .map_err(db_error)
             })
             .collect()
     }
@@ -429,7 +429,7 @@ impl Store for PostgresStore {
                 &[&id.0],
             )
             .await
-            .map_err(pg_error)?
+            .map_err(db_error)?
             .map(|row| job_of(&row))
             .transpose()
     }
@@ -478,7 +478,7 @@ impl Store for PostgresStore {
         if let Some(limit) = filter.limit {
             sql.push_str(&format!(" LIMIT {limit}"));
         }
-        let rows = client.query(&sql, &params).await.map_err(pg_error)?;
+        let rows = client.query(&sql, &params).await.map_err(db_error)?;
         let mut jobs = rows.iter().map(job_of).collect::<Result<Vec<_>>>()?;
         // Containment (@>) matches nested values loosely; keep the exact AND-match semantics.
         jobs.retain(|job| job.metadata_matches(&filter.metadata));
@@ -497,7 +497,7 @@ impl Store for PostgresStore {
                 &[&micros(before), &queues],
             )
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         Ok(row.get::<_, i64>(0) as usize)
     }
 
@@ -506,11 +506,11 @@ impl Store for PostgresStore {
         let statement = client
             .prepare_cached(&self.sql.next_eta)
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         let row = client
             .query_one(&statement, &[&queues])
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         Ok(row
             .get::<_, Option<i64>>(0)
             .and_then(DateTime::from_timestamp_micros))
@@ -518,7 +518,7 @@ impl Store for PostgresStore {
 
     async fn cancel_scheduled(&self, queues: &[String]) -> Result<usize> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
+        let tx = client.transaction().await.map_err(db_error)?;
         let rows = tx
             .query(
                 &format!(
@@ -529,7 +529,7 @@ impl Store for PostgresStore {
                 &[&queues],
             )
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         let now = Utc::now();
         let mut cancelled = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -538,14 +538,14 @@ impl Store for PostgresStore {
             cancelled.push(job);
         }
         self.save(&tx, &cancelled).await?;
-        tx.commit().await.map_err(pg_error)?;
+        tx.commit().await.map_err(db_error)?;
         Ok(cancelled.len())
     }
 
     async fn prune(&self, state: JobState, before: DateTime<Utc>, limit: usize) -> Result<usize> {
         check_prunable(state)?;
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
+        let tx = client.transaction().await.map_err(db_error)?;
         let rows = tx
             .query(
                 &format!(
@@ -559,22 +559,22 @@ impl Store for PostgresStore {
                 &[&state.as_str(), &micros(before), &(limit as i64)],
             )
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         let ids: Vec<Uuid> = rows.iter().map(|row| row.get(0)).collect();
         tx.execute(
             &format!("DELETE FROM {} WHERE job = ANY($1)", self.t("job_logs")),
             &[&ids],
         )
         .await
-        .map_err(pg_error)?;
-        tx.commit().await.map_err(pg_error)?;
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
         Ok(ids.len())
     }
 
     async fn delete(&self, ids: &[JobId]) -> Result<usize> {
         let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
+        let tx = client.transaction().await.map_err(db_error)?;
         let rows = tx
             .query(
                 &format!(
@@ -584,7 +584,7 @@ impl Store for PostgresStore {
                 &[&ids],
             )
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         for row in &rows {
             let state: JobState = row.get::<_, String>(1).parse()?;
             if state.is_active() {
@@ -600,14 +600,14 @@ impl Store for PostgresStore {
                 &[&ids],
             )
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         tx.execute(
             &format!("DELETE FROM {} WHERE job = ANY($1)", self.t("job_logs")),
             &[&ids],
         )
         .await
-        .map_err(pg_error)?;
-        tx.commit().await.map_err(pg_error)?;
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
         Ok(deleted as usize)
     }
 
@@ -620,7 +620,7 @@ impl Store for PostgresStore {
                 &[&id.0],
             )
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         Ok(())
     }
 
@@ -637,7 +637,7 @@ impl Store for PostgresStore {
                 &[&schedule, &micros(slot)],
             )
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         Ok(changed > 0)
     }
 
@@ -652,7 +652,7 @@ impl Store for PostgresStore {
                 &[&schedule],
             )
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         Ok(row
             .map(|r| r.get::<_, i64>(0))
             .and_then(DateTime::from_timestamp_micros))

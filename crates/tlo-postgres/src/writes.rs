@@ -9,7 +9,7 @@ use tokio_postgres::types::{Json, ToSql};
 use uuid::Uuid;
 
 use crate::PostgresStore;
-use crate::pool::pg_error;
+use crate::pool::db_error;
 use crate::store::{job_of, micros};
 
 impl PostgresStore {
@@ -56,7 +56,7 @@ impl PostgresStore {
         let inserted: std::collections::HashSet<Uuid> = db
             .query(statement, &params)
             .await
-            .map_err(pg_error)?
+            .map_err(db_error)?
             .iter()
             .map(|row| row.get::<_, Uuid>(0))
             .collect();
@@ -76,7 +76,7 @@ impl PostgresStore {
                     &[&key],
                 )
                 .await
-                .map_err(pg_error)?;
+                .map_err(db_error)?;
             out.push(Enqueued {
                 id: JobId(row.get(0)),
                 inserted: false,
@@ -88,7 +88,7 @@ impl PostgresStore {
     pub(crate) async fn notify<C: GenericClient>(&self, db: &C) -> Result<()> {
         db.execute("SELECT pg_notify($1, '')", &[&self.channel()])
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         Ok(())
     }
 
@@ -106,7 +106,7 @@ impl PostgresStore {
         let leases: Vec<Option<i64>> = jobs.iter().map(|j| j.lease_until.map(micros)).collect();
         let finished: Vec<Option<i64>> = jobs.iter().map(|j| j.finished_at.map(micros)).collect();
         let data: Vec<Json<&Job>> = jobs.iter().map(Json).collect();
-        let statement = db.prepare_cached(&self.sql.save).await.map_err(pg_error)?;
+        let statement = db.prepare_cached(&self.sql.save).await.map_err(db_error)?;
         db.execute(
             &statement,
             &[
@@ -122,7 +122,7 @@ impl PostgresStore {
             ],
         )
         .await
-        .map_err(pg_error)?;
+        .map_err(db_error)?;
         if jobs.iter().any(|j| j.state == JobState::Scheduled) {
             self.notify(&**db).await?;
         }
@@ -136,20 +136,20 @@ impl PostgresStore {
         change: impl FnOnce(&mut Job) -> Result<T>,
     ) -> Result<(T, Job)> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
+        let tx = client.transaction().await.map_err(db_error)?;
         let statement = tx
             .prepare_cached(&self.sql.lock_one)
             .await
-            .map_err(pg_error)?;
+            .map_err(db_error)?;
         let row = tx
             .query_opt(&statement, &[&id.0])
             .await
-            .map_err(pg_error)?
+            .map_err(db_error)?
             .ok_or(Error::JobNotFound(id))?;
         let mut job = job_of(&row)?;
         let out = change(&mut job)?;
         self.save(&tx, std::slice::from_ref(&job)).await?;
-        tx.commit().await.map_err(pg_error)?;
+        tx.commit().await.map_err(db_error)?;
         Ok((out, job))
     }
 
@@ -159,7 +159,7 @@ impl PostgresStore {
         tx: &DbTransaction<'_>,
         request: &ClaimRequest,
     ) -> Result<Vec<Job>> {
-        let sql = tx.prepare_cached(&self.sql.claim).await.map_err(pg_error)?;
+        let sql = tx.prepare_cached(&self.sql.claim).await.map_err(db_error)?;
         let now = micros(request.now);
         let mut candidates: Vec<(i64, Job)> = Vec::new();
         for demand in request.queues.iter().filter(|d| d.limit > 0) {
@@ -167,7 +167,7 @@ impl PostgresStore {
             for row in tx
                 .query(&sql, &[&demand.queue, &now, &limit])
                 .await
-                .map_err(pg_error)?
+                .map_err(db_error)?
             {
                 candidates.push((row.get(0), job_of(&row)?));
             }
@@ -188,7 +188,7 @@ impl PostgresStore {
             &[&id.0],
         )
         .await
-        .map_err(pg_error)?
+        .map_err(db_error)?
         .map(drop)
         .ok_or(Error::JobNotFound(id))
     }
