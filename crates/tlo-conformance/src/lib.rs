@@ -63,6 +63,7 @@ macro_rules! store_conformance {
             prune_removes_only_old_ended_jobs,
             complete_and_claim_in_one_round,
             waiting_jobs_are_released_or_skipped,
+            waiting_jobs_are_changed_together,
             unknown_job_is_none
         );
     };

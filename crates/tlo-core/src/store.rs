@@ -154,6 +154,21 @@ pub trait Store: Send + Sync + 'static {
     /// Releases or skips a job waiting in `scheduled` (see [`crate::transition::apply_change`]).
     async fn change(&self, id: JobId, change: crate::transition::Change) -> Result<Job>;
 
+    /// [`change`](Store::change) for several jobs in one round: one result per change, in
+    /// order; a refused change leaves its job as it was and the others still apply. Stores
+    /// that can should do it in one transaction (a workflow coordinator releases a whole
+    /// layer of nodes at once).
+    async fn change_many(
+        &self,
+        changes: Vec<(JobId, crate::transition::Change)>,
+    ) -> Result<Vec<Result<Job>>> {
+        let mut results = Vec::with_capacity(changes.len());
+        for (id, change) in changes {
+            results.push(self.change(id, change).await);
+        }
+        Ok(results)
+    }
+
     /// Runs an ended job again at `eta` (see [`crate::transition::apply_relaunch`]).
     async fn relaunch(&self, id: JobId, eta: DateTime<Utc>) -> Result<Job>;
 

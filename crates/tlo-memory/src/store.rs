@@ -317,6 +317,21 @@ impl Store for MemoryStore {
         Ok(job)
     }
 
+    async fn change_many(&self, changes: Vec<(JobId, Change)>) -> Result<Vec<Result<Job>>> {
+        let now = Utc::now();
+        let mut inner = self.inner.lock();
+        Ok(changes
+            .into_iter()
+            .map(|(id, change)| {
+                let job = inner.job_mut(id)?;
+                apply_change(job, &change, now)?;
+                let job = job.clone();
+                inner.index(id, micros(now));
+                Ok(job)
+            })
+            .collect())
+    }
+
     async fn relaunch(&self, id: JobId, eta: DateTime<Utc>) -> Result<Job> {
         let mut inner = self.inner.lock();
         let job = inner.job_mut(id)?;

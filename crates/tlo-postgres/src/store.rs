@@ -290,6 +290,45 @@ impl Store for PostgresStore {
             .map(|(_, job)| job)
     }
 
+    async fn change_many(&self, changes: Vec<(JobId, Change)>) -> Result<Vec<Result<Job>>> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        let ids: Vec<Uuid> = changes.iter().map(|(id, _)| id.0).collect();
+        let statement = tx
+            .prepare_cached(&self.sql.lock_many)
+            .await
+            .map_err(db_error)?;
+        let mut current: std::collections::HashMap<Uuid, Job> = std::collections::HashMap::new();
+        for row in tx.query(&statement, &[&ids]).await.map_err(db_error)? {
+            let job = job_of(&row)?;
+            current.insert(job.id.0, job);
+        }
+        let now = Utc::now();
+        let mut changed_ids = std::collections::HashSet::new();
+        let results: Vec<Result<Job>> = changes
+            .iter()
+            .map(|(id, change)| {
+                let job = current.get_mut(&id.0).ok_or(Error::JobNotFound(*id))?;
+                let mut changed = job.clone();
+                apply_change(&mut changed, change, now)?;
+                // A job named twice sees its first change, and is written once.
+                *job = changed.clone();
+                changed_ids.insert(id.0);
+                Ok(changed)
+            })
+            .collect();
+        let writes: Vec<Job> = changed_ids
+            .iter()
+            .filter_map(|id| current.remove(id))
+            .collect();
+        self.save(&tx, &writes).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(results)
+    }
+
     async fn relaunch(&self, id: JobId, eta: DateTime<Utc>) -> Result<Job> {
         self.modify(id, |job| apply_relaunch(job, eta))
             .await

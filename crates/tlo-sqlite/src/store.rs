@@ -181,6 +181,24 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn change_many(&self, changes: Vec<(JobId, Change)>) -> Result<Vec<Result<Job>>> {
+        self.conn
+            .call(move |conn| {
+                let now = Utc::now();
+                // A refused change writes nothing (it fails before `save`): the others apply.
+                Ok(changes
+                    .into_iter()
+                    .map(|(id, change)| {
+                        let mut job = require(conn, id)?;
+                        apply_change(&mut job, &change, now)?;
+                        save(conn, &job)?;
+                        Ok(job)
+                    })
+                    .collect())
+            })
+            .await
+    }
+
     async fn relaunch(&self, id: JobId, eta: DateTime<Utc>) -> Result<Job> {
         self.conn
             .call(move |conn| {

@@ -239,3 +239,55 @@ pub async fn waiting_jobs_are_released_or_skipped<S: Store>(store: Arc<S>) {
         Err(Error::IllegalTransition { .. })
     ));
 }
+
+/// Several waiting jobs changed in one round: one result per change, in order; a refused one
+/// (an unknown job, a job not waiting) leaves its job as it was and the others apply.
+pub async fn waiting_jobs_are_changed_together<S: Store>(store: Arc<S>) {
+    let mut waiting = job("t");
+    waiting.eta = Utc::now() + TimeDelta::days(365);
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        let mut copy = waiting.clone();
+        copy.id = JobId::new();
+        copy.root = copy.id;
+        jobs.push(copy);
+    }
+    let ids = put(&*store, jobs).await;
+    let now = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap();
+    let release = |n: i64| Change::Release {
+        args: json!({ "n": n }),
+        eta: now,
+    };
+    let skip = Change::Skip {
+        error: "UPSTREAM_FAILED".into(),
+    };
+    store.change(ids[2], skip.clone()).await.unwrap();
+    let unknown = JobId::new();
+    let results = store
+        .change_many(vec![
+            (ids[0], release(0)),
+            (unknown, release(9)),
+            (ids[1], skip),
+            (ids[2], release(2)),
+        ])
+        .await
+        .expect("the round itself succeeds");
+    assert_eq!(results.len(), 4);
+    let released = results[0].as_ref().expect("released");
+    assert_eq!((released.state, released.eta), (JobState::Scheduled, now));
+    assert!(matches!(results[1], Err(Error::JobNotFound(id)) if id == unknown));
+    assert_eq!(
+        results[2].as_ref().expect("skipped").state,
+        JobState::Skipped
+    );
+    assert!(matches!(results[3], Err(Error::IllegalTransition { .. })));
+    assert_eq!(
+        state(&*store, ids[2]).await,
+        JobState::Skipped,
+        "left as it was"
+    );
+    let claimed = claim(&*store, 5).await;
+    assert_eq!(claimed.len(), 1, "only the released job is due");
+    assert_eq!(claimed[0].args, json!({ "n": 0 }));
+    assert!(store.change_many(Vec::new()).await.unwrap().is_empty());
+}

@@ -170,7 +170,8 @@ impl Plan {
         }
     }
 
-    /// Releases or skips ready nodes, as far as the parallelism limit allows.
+    /// Releases or skips ready nodes, as far as the parallelism limit allows: every decision
+    /// of a round goes to the store in one [`change_many`](tlo_core::Store::change_many).
     async fn advance(
         &mut self,
         engine: &Engine,
@@ -178,63 +179,90 @@ impl Plan {
         parallelism: Option<usize>,
     ) -> Result<()> {
         let mut deferred = std::collections::VecDeque::new();
-        while let Some(i) = self.ready.pop_front() {
-            if !self.nodes[i].waiting {
-                continue;
-            }
-            let node = &workflow.nodes()[i];
-            let deps: Vec<&NodeState> = self.deps[i].iter().map(|&d| &self.nodes[d]).collect();
-            let all_done = deps.iter().all(|d| d.state == JobState::Done);
-            let any_failed = deps.iter().any(|d| d.state == JobState::Failed);
-            let verdict = match node.trigger {
-                TriggerRule::AllSuccess if all_done => None,
-                TriggerRule::AllSuccess => Some(UPSTREAM_FAILED),
-                TriggerRule::AllDone => None,
-                TriggerRule::OneFailed if any_failed => None,
-                TriggerRule::OneFailed => Some(TRIGGER_NOT_MET),
-            };
-            let change = match verdict {
-                Some(error) => Change::Skip {
-                    error: error.into(),
-                },
-                None if parallelism.is_some_and(|limit| self.active >= limit) => {
-                    deferred.push_back(i);
+        loop {
+            let mut decided: Vec<usize> = Vec::new();
+            let mut changes: Vec<(JobId, Change)> = Vec::new();
+            let mut releasing = 0;
+            while let Some(i) = self.ready.pop_front() {
+                // A node is readied once (its last dependency ending), so it is decided once.
+                if !self.nodes[i].waiting {
                     continue;
                 }
-                None => {
-                    let upstream: Map<String, Value> = node
-                        .depends_on
-                        .iter()
-                        .zip(&self.deps[i])
-                        .map(|(name, &d)| {
-                            let result = self.nodes[d].result.clone().unwrap_or(Value::Null);
-                            (name.clone(), result)
-                        })
-                        .collect();
-                    let args = match node.args.clone() {
-                        Value::Object(mut map) => {
-                            map.insert("upstream".into(), Value::Object(upstream));
-                            Value::Object(map)
-                        }
-                        other => json!({ "args": other, "upstream": upstream }),
-                    };
-                    Change::Release {
-                        args,
-                        eta: Utc::now(),
+                let change = match self.verdict(workflow, i) {
+                    Some(error) => Change::Skip {
+                        error: error.into(),
+                    },
+                    None if parallelism.is_some_and(|limit| self.active + releasing >= limit) => {
+                        deferred.push_back(i);
+                        continue;
                     }
+                    None => {
+                        releasing += 1;
+                        Change::Release {
+                            args: self.release_args(workflow, i),
+                            eta: Utc::now(),
+                        }
+                    }
+                };
+                decided.push(i);
+                changes.push((self.nodes[i].id, change));
+            }
+            if changes.is_empty() {
+                break;
+            }
+            let results = engine.store.change_many(changes).await?;
+            let mut released = false;
+            for (i, result) in decided.into_iter().zip(results) {
+                // A refused change means the plan is stale: the caller re-reads the run.
+                let changed = result?;
+                if changed.state.is_end() {
+                    // A skip: its dependents may be decided in the next round.
+                    self.node_ended(i, changed);
+                } else {
+                    self.active += 1;
+                    self.nodes[i] = NodeState::of(changed);
+                    released = true;
                 }
-            };
-            let changed = engine.store.change(self.nodes[i].id, change).await?;
-            if changed.state.is_end() {
-                self.node_ended(i, changed);
-            } else {
-                self.active += 1;
-                self.nodes[i] = NodeState::of(changed);
+            }
+            if released {
                 engine.wake.notify_one();
             }
         }
         self.ready = deferred;
         Ok(())
+    }
+
+    /// Why ready node `i` is skipped (its trigger rule not met by its dependencies), if it is.
+    fn verdict(&self, workflow: &Workflow, i: usize) -> Option<&'static str> {
+        let deps = || self.deps[i].iter().map(|&d| &self.nodes[d]);
+        match workflow.nodes()[i].trigger {
+            TriggerRule::AllSuccess if deps().all(|d| d.state == JobState::Done) => None,
+            TriggerRule::AllSuccess => Some(UPSTREAM_FAILED),
+            TriggerRule::AllDone => None,
+            TriggerRule::OneFailed if deps().any(|d| d.state == JobState::Failed) => None,
+            TriggerRule::OneFailed => Some(TRIGGER_NOT_MET),
+        }
+    }
+
+    /// Node `i`'s arguments with its dependencies' results by name under `upstream`.
+    fn release_args(&self, workflow: &Workflow, i: usize) -> Value {
+        let node = &workflow.nodes()[i];
+        let upstream: Map<String, Value> = node
+            .depends_on
+            .iter()
+            .zip(&self.deps[i])
+            .map(|(name, &d)| {
+                let result = self.nodes[d].result.clone().unwrap_or(Value::Null);
+                (name.clone(), result)
+            })
+            .collect();
+        match node.args.clone() {
+            Value::Object(mut map) => {
+                map.insert("upstream".into(), Value::Object(upstream));
+                Value::Object(map)
+            }
+            other => json!({ "args": other, "upstream": upstream }),
+        }
     }
 }
 
