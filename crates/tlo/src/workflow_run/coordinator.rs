@@ -304,8 +304,10 @@ async fn coordinate_run(
     let run = ctx.job_id();
 
     let poll = engine.settings.poll_interval;
-    // A first attempt created its nodes a moment ago: no need to read them back.
-    let mut fresh = ctx.attempt() == 1;
+    // A first attempt follows the run's creation: no need to read its nodes back. (An attempt
+    // given back by a forced stop counts as none, but it has reported progress: read then. A
+    // stale plan is caught anyway, by the first refused change.)
+    let mut fresh = ctx.attempt() == 1 && ctx.job().progress.percent.is_none();
     'reload: loop {
         let loaded = if std::mem::take(&mut fresh) {
             Ok(Plan::fresh(workflow, run))
