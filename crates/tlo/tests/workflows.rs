@@ -391,3 +391,60 @@ async fn a_node_cancelled_before_its_coordinator_starts_is_respected() {
     );
     tlo.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_interrupted_by_a_forced_stop_finishes_after_a_restart() {
+    let tlo = tlo();
+    register_value(&tlo);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = runs.clone();
+    // Endless on its first run, not cancellable: only a forced stop ends it.
+    tlo.register(
+        "stubborn",
+        TaskOptions::new().cancellable(false),
+        move |_ctx, _: Value| {
+            let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, String>(5)
+            }
+        },
+    )
+    .unwrap();
+    tlo.register_workflow(
+        Workflow::builder("interrupted")
+            .node(node("a", 1))
+            .node(Node::new("slow", "stubborn").after(["a"]))
+            .node(node("last", 10).after(["slow"]))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    tlo.start().unwrap();
+    let run = tlo.run_workflow("interrupted", json!({})).await.unwrap();
+    eventually("the slow node runs", || async {
+        runs.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let stopping = tlo.clone();
+    let stop = tokio::spawn(async move { stopping.stop().await });
+    tokio::time::sleep(ms(200)).await;
+    tlo.force_stop();
+    tokio::time::timeout(Duration::from_secs(5), stop)
+        .await
+        .expect("a forced stop returns")
+        .unwrap()
+        .unwrap();
+    tlo.start().unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(10), run.wait())
+        .await
+        .expect("the run finishes after the restart")
+        .unwrap();
+    assert_eq!(report.state, JobState::Done, "{:?}", report.error);
+    let last = report.nodes.iter().find(|n| n.name == "last").unwrap();
+    assert_eq!(last.result, Some(json!(15)), "last = 10 + slow's 5");
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "the slow node ran again");
+    tlo.stop().await.unwrap();
+}
