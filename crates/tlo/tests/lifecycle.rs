@@ -104,16 +104,10 @@ async fn a_forced_stop_puts_jobs_still_running_back_without_using_an_attempt() {
                 job.state().await.unwrap() == JobState::Running
             })
             .await;
-            let stopping = tlo.clone();
-            let stop = tokio::spawn(async move { stopping.stop_with(behavior).await });
-            tokio::time::sleep(ms(300)).await;
-            assert!(!stop.is_finished(), "{store} {behavior:?}: the stop waits");
-            tlo.force_stop();
-            tokio::time::timeout(Duration::from_secs(5), stop)
-                .await
-                .expect("a forced stop returns")
-                .unwrap()
-                .unwrap();
+            assert!(
+                force_a_stop(&tlo, behavior, ms(300)).await,
+                "{store} {behavior:?}: the stop waits"
+            );
             let back = tlo.job(job.id()).await.unwrap();
             assert_eq!(
                 (back.state, back.attempt),

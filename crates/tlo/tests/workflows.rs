@@ -428,15 +428,7 @@ async fn a_run_interrupted_by_a_forced_stop_finishes_after_a_restart() {
         runs.load(Ordering::SeqCst) == 1
     })
     .await;
-    let stopping = tlo.clone();
-    let stop = tokio::spawn(async move { stopping.stop().await });
-    tokio::time::sleep(ms(200)).await;
-    tlo.force_stop();
-    tokio::time::timeout(Duration::from_secs(5), stop)
-        .await
-        .expect("a forced stop returns")
-        .unwrap()
-        .unwrap();
+    assert!(force_a_stop(&tlo, tlo::StopBehavior::Drain, ms(200)).await);
     tlo.start().unwrap();
     let report = tokio::time::timeout(Duration::from_secs(10), run.wait())
         .await

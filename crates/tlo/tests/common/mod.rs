@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tlo::{SettingsBuilder, Tlo, TloBuilder};
+use tlo::{SettingsBuilder, StopBehavior, Tlo, TloBuilder};
 
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -48,4 +48,20 @@ where
         tokio::time::sleep(ms(10)).await;
     }
     panic!("timed out waiting for: {what}");
+}
+
+/// Stops `tlo` with `behavior`, forces the stop after `patience`, and waits (at most 5 s) for
+/// it to return; true when the stop was still waiting when forced.
+pub async fn force_a_stop(tlo: &Tlo, behavior: StopBehavior, patience: Duration) -> bool {
+    let stopping = tlo.clone();
+    let stop = tokio::spawn(async move { stopping.stop_with(behavior).await });
+    tokio::time::sleep(patience).await;
+    let was_waiting = !stop.is_finished();
+    tlo.force_stop();
+    tokio::time::timeout(Duration::from_secs(5), stop)
+        .await
+        .expect("a forced stop returns")
+        .unwrap()
+        .unwrap();
+    was_waiting
 }
