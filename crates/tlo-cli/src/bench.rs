@@ -153,9 +153,6 @@ pub(crate) async fn drain(
     concurrency: usize,
 ) -> anyhow::Result<Measurement> {
     let store = target.store;
-    if n == 0 {
-        bail!("--jobs must be at least 1");
-    }
     let done = Arc::new(AtomicUsize::new(0));
     let all_done = Arc::new(Notify::new());
     let (counter, notify) = (done.clone(), all_done.clone());
@@ -208,9 +205,6 @@ async fn measure_latency(
     concurrency: usize,
 ) -> anyhow::Result<Measurement> {
     let store = target.store;
-    if n == 0 {
-        bail!("--jobs must be at least 1");
-    }
     let (tlo, scratch) = orchestrator(&target, concurrency, |_| {}).await?;
     let starts: Arc<Vec<std::sync::OnceLock<Instant>>> =
         Arc::new((0..n).map(|_| std::sync::OnceLock::new()).collect());
@@ -264,9 +258,6 @@ pub(crate) async fn group(
     n: usize,
     concurrency: usize,
 ) -> anyhow::Result<Measurement> {
-    if n == 0 {
-        bail!("--jobs must be at least 1");
-    }
     let store = target.store;
     let (tlo, scratch) = orchestrator(target, concurrency, |_| {}).await?;
     let noop = tlo.register("noop", TaskOptions::new(), |_ctx, _: u32| async {
@@ -303,9 +294,6 @@ pub(crate) async fn dag(
     n: usize,
     concurrency: usize,
 ) -> anyhow::Result<Measurement> {
-    if n == 0 {
-        bail!("--jobs must be at least 1");
-    }
     let store = target.store;
     let (tlo, scratch) = orchestrator(target, concurrency, |_| {}).await?;
     tlo.register(

@@ -498,6 +498,11 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             } else {
                 20_000
             };
+            for (flag, count) in [("--jobs", jobs), ("--nodes", nodes)] {
+                if count == Some(0) {
+                    return Err(anyhow::anyhow!("{flag} must be at least 1").into());
+                }
+            }
             let measurement = match workload {
                 Workload::Drain => {
                     bench::drain(&target, jobs.unwrap_or(default_jobs), concurrency).await?

@@ -178,6 +178,15 @@ impl Inner {
             .ok_or(Error::JobNotFound(id))
     }
 
+    /// Applies `change` to job `id` and re-indexes it (nothing, when refused).
+    fn change(&mut self, id: JobId, change: &Change, now: DateTime<Utc>) -> Result<Job> {
+        let job = self.job_mut(id)?;
+        apply_change(job, change, now)?;
+        let job = job.clone();
+        self.index(id, micros(now));
+        Ok(job)
+    }
+
     fn track(&mut self, id: JobId) {
         let state = self.jobs.get(&id).map(|entry| entry.job.state);
         match state {
@@ -308,13 +317,7 @@ impl Store for MemoryStore {
     }
 
     async fn change(&self, id: JobId, change: Change) -> Result<Job> {
-        let now = Utc::now();
-        let mut inner = self.inner.lock();
-        let job = inner.job_mut(id)?;
-        apply_change(job, &change, now)?;
-        let job = job.clone();
-        inner.index(id, micros(now));
-        Ok(job)
+        self.inner.lock().change(id, &change, Utc::now())
     }
 
     async fn change_many(&self, changes: Vec<(JobId, Change)>) -> Result<Vec<Result<Job>>> {
@@ -322,13 +325,7 @@ impl Store for MemoryStore {
         let mut inner = self.inner.lock();
         Ok(changes
             .into_iter()
-            .map(|(id, change)| {
-                let job = inner.job_mut(id)?;
-                apply_change(job, &change, now)?;
-                let job = job.clone();
-                inner.index(id, micros(now));
-                Ok(job)
-            })
+            .map(|(id, change)| inner.change(id, &change, now))
             .collect())
     }
 

@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use crate::hot_sql::HotSql;
 use crate::pool::{check_schema, config, db_error, pg_error, pool, redact};
+use crate::writes::Locked;
 use crate::{listen, schema};
 
 /// How to connect: schema, migrations, pool size.
@@ -232,16 +233,6 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_error)?;
         let ids: Vec<Uuid> = completions.iter().map(|c| c.id.0).collect();
-        let lock = async {
-            if ids.is_empty() {
-                return Ok(Vec::new());
-            }
-            let statement = tx
-                .prepare_cached(&self.sql.lock_many)
-                .await
-                .map_err(db_error)?;
-            tx.query(&statement, &[&ids]).await.map_err(db_error)
-        };
         let claim = async {
             match next {
                 Some(request) => self.claim_in(&tx, request).await,
@@ -250,27 +241,13 @@ impl Store for PostgresStore {
         };
         // Independent (the claim skips locked rows and takes only scheduled ones, the lock
         // only running ones): sent together, they cost one round trip instead of two.
-        let (rows, claimed) = tokio::try_join!(lock, claim)?;
-        let mut current: std::collections::HashMap<Uuid, Job> = std::collections::HashMap::new();
-        for row in rows {
-            let job = job_of(&row)?;
-            current.insert(job.id.0, job);
-        }
-        let mut changed = Vec::new();
+        let (rows, claimed) = tokio::try_join!(self.lock_rows(&tx, &ids), claim)?;
+        let mut locked = Locked::new(rows)?;
         let results = completions
             .iter()
-            .map(|completion| {
-                let job = current
-                    .get_mut(&completion.id.0)
-                    .ok_or(Error::JobNotFound(completion.id))?;
-                let mut updated = job.clone();
-                apply_completion(&mut updated, completion)?;
-                *job = updated.clone();
-                changed.push(updated.id.0);
-                Ok(updated)
-            })
+            .map(|completion| locked.apply(completion.id, |job| apply_completion(job, completion)))
             .collect::<Vec<Result<Job>>>();
-        let mut writes: Vec<Job> = changed.iter().filter_map(|id| current.remove(id)).collect();
+        let mut writes = locked.into_writes();
         writes.extend(claimed.iter().cloned());
         self.save(&tx, &writes).await?;
         tx.commit().await.map_err(db_error)?;
@@ -297,34 +274,14 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_error)?;
         let ids: Vec<Uuid> = changes.iter().map(|(id, _)| id.0).collect();
-        let statement = tx
-            .prepare_cached(&self.sql.lock_many)
-            .await
-            .map_err(db_error)?;
-        let mut current: std::collections::HashMap<Uuid, Job> = std::collections::HashMap::new();
-        for row in tx.query(&statement, &[&ids]).await.map_err(db_error)? {
-            let job = job_of(&row)?;
-            current.insert(job.id.0, job);
-        }
+        let mut locked = Locked::new(self.lock_rows(&tx, &ids).await?)?;
         let now = Utc::now();
-        let mut changed_ids = std::collections::HashSet::new();
+        // A job named twice sees its first change, and is written once.
         let results: Vec<Result<Job>> = changes
             .iter()
-            .map(|(id, change)| {
-                let job = current.get_mut(&id.0).ok_or(Error::JobNotFound(*id))?;
-                let mut changed = job.clone();
-                apply_change(&mut changed, change, now)?;
-                // A job named twice sees its first change, and is written once.
-                *job = changed.clone();
-                changed_ids.insert(id.0);
-                Ok(changed)
-            })
+            .map(|(id, change)| locked.apply(*id, |job| apply_change(job, change, now)))
             .collect();
-        let writes: Vec<Job> = changed_ids
-            .iter()
-            .filter_map(|id| current.remove(id))
-            .collect();
-        self.save(&tx, &writes).await?;
+        self.save(&tx, &locked.into_writes()).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(results)
     }
@@ -600,12 +557,7 @@ impl Store for PostgresStore {
             .await
             .map_err(db_error)?;
         let ids: Vec<Uuid> = rows.iter().map(|row| row.get(0)).collect();
-        tx.execute(
-            &format!("DELETE FROM {} WHERE job = ANY($1)", self.t("job_logs")),
-            &[&ids],
-        )
-        .await
-        .map_err(db_error)?;
+        self.delete_logs(&tx, &ids).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(ids.len())
     }
@@ -640,12 +592,7 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(db_error)?;
-        tx.execute(
-            &format!("DELETE FROM {} WHERE job = ANY($1)", self.t("job_logs")),
-            &[&ids],
-        )
-        .await
-        .map_err(db_error)?;
+        self.delete_logs(&tx, &ids).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(deleted as usize)
     }

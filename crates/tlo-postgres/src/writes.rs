@@ -129,6 +129,34 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// Locks the rows of `ids` in `tx` (in id order, so that concurrent batches never
+    /// deadlock); the caller applies its changes with [`Locked`].
+    pub(crate) async fn lock_rows(
+        &self,
+        tx: &DbTransaction<'_>,
+        ids: &[Uuid],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let statement = tx
+            .prepare_cached(&self.sql.lock_many)
+            .await
+            .map_err(db_error)?;
+        tx.query(&statement, &[&ids]).await.map_err(db_error)
+    }
+
+    /// Deletes the log lines of the jobs `ids` (deleted or pruned with them).
+    pub(crate) async fn delete_logs(&self, tx: &DbTransaction<'_>, ids: &[Uuid]) -> Result<()> {
+        tx.execute(
+            &format!("DELETE FROM {} WHERE job = ANY($1)", self.t("job_logs")),
+            &[&ids],
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
     /// Locks one job's row, applies `change`, writes it back; all or nothing.
     pub(crate) async fn modify<T>(
         &self,
@@ -191,5 +219,48 @@ impl PostgresStore {
         .map_err(db_error)?
         .map(drop)
         .ok_or(Error::JobNotFound(id))
+    }
+}
+
+/// Rows locked in a transaction, changed in memory one request at a time, then written back
+/// once each.
+pub(crate) struct Locked {
+    jobs: std::collections::HashMap<Uuid, Job>,
+    changed: Vec<Uuid>,
+}
+
+impl Locked {
+    pub(crate) fn new(rows: Vec<tokio_postgres::Row>) -> Result<Locked> {
+        let jobs = rows
+            .iter()
+            .map(|row| job_of(row).map(|job| (job.id.0, job)))
+            .collect::<Result<_>>()?;
+        Ok(Locked {
+            jobs,
+            changed: Vec::new(),
+        })
+    }
+
+    /// Applies `apply` to job `id` as changed so far: the changed job, or why not (then the
+    /// job stays as it was).
+    pub(crate) fn apply(
+        &mut self,
+        id: JobId,
+        apply: impl FnOnce(&mut Job) -> Result<()>,
+    ) -> Result<Job> {
+        let job = self.jobs.get_mut(&id.0).ok_or(Error::JobNotFound(id))?;
+        let mut changed = job.clone();
+        apply(&mut changed)?;
+        *job = changed.clone();
+        self.changed.push(id.0);
+        Ok(changed)
+    }
+
+    /// The changed jobs, each once, to write back.
+    pub(crate) fn into_writes(mut self) -> Vec<Job> {
+        self.changed
+            .iter()
+            .filter_map(|id| self.jobs.remove(id))
+            .collect()
     }
 }

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{OptionalExtension, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use tlo_core::transition::{
     Change, apply_acknowledge_cancel, apply_cancel_request, apply_change, apply_completion,
     apply_progress, apply_relaunch, apply_rescue, check_prunable,
@@ -40,6 +40,14 @@ use crate::schema;
 pub struct SqliteStore {
     conn: Conn,
     path: PathBuf,
+}
+
+/// Applies `change` to job `id` and writes it back (nothing, when refused).
+fn change_in(conn: &Connection, id: JobId, change: &Change, now: DateTime<Utc>) -> Result<Job> {
+    let mut job = require(conn, id)?;
+    apply_change(&mut job, change, now)?;
+    save(conn, &job)?;
+    Ok(job)
 }
 
 impl SqliteStore {
@@ -172,12 +180,7 @@ impl Store for SqliteStore {
 
     async fn change(&self, id: JobId, change: Change) -> Result<Job> {
         self.conn
-            .call(move |conn| {
-                let mut job = require(conn, id)?;
-                apply_change(&mut job, &change, Utc::now())?;
-                save(conn, &job)?;
-                Ok(job)
-            })
+            .call(move |conn| change_in(conn, id, &change, Utc::now()))
             .await
     }
 
@@ -188,12 +191,7 @@ impl Store for SqliteStore {
                 // A refused change writes nothing (it fails before `save`): the others apply.
                 Ok(changes
                     .into_iter()
-                    .map(|(id, change)| {
-                        let mut job = require(conn, id)?;
-                        apply_change(&mut job, &change, now)?;
-                        save(conn, &job)?;
-                        Ok(job)
-                    })
+                    .map(|(id, change)| change_in(conn, id, &change, now))
                     .collect())
             })
             .await

@@ -19,26 +19,31 @@ pub(crate) async fn run(engine: Arc<Engine>) -> Result<()> {
             return Ok(());
         }
         for def in engine.registry.tasks() {
-            if let Err(err) = tick(&engine, &def, first_seen, Utc::now()).await {
-                if engine.settings.panic_mode {
-                    tracing::error!(task = %def.name(), error = %err, "scheduler failed (panic mode)");
-                    return Err(err);
-                }
-                tracing::warn!(task = %def.name(), error = %err, "scheduler tick failed");
-            }
-        }
-        if let Err(err) = crate::process::tick_schedules(&engine, first_seen, Utc::now()).await {
-            if engine.settings.panic_mode {
-                tracing::error!(error = %err, "process scheduler failed (panic mode)");
+            let ticked = tick(&engine, &def, first_seen, Utc::now()).await;
+            if let Some(err) = failed(&engine, def.name(), ticked) {
                 return Err(err);
             }
-            tracing::warn!(error = %err, "process scheduler tick failed");
+        }
+        let ticked = crate::process::tick_schedules(&engine, first_seen, Utc::now()).await;
+        if let Some(err) = failed(&engine, "processes", ticked) {
+            return Err(err);
         }
         tokio::select! {
             _ = tokio::time::sleep(engine.settings.tick_interval) => {}
             _ = stop.changed() => {}
         }
     }
+}
+
+/// Logs a failed tick of `schedules`; in panic mode, the error that ends the scheduler.
+fn failed(engine: &Engine, schedules: &str, ticked: Result<()>) -> Option<tlo_core::Error> {
+    let err = ticked.err()?;
+    if engine.settings.panic_mode {
+        tracing::error!(schedules, error = %err, "scheduler failed (panic mode)");
+        return Some(err);
+    }
+    tracing::warn!(schedules, error = %err, "scheduler tick failed");
+    None
 }
 
 /// One tick for one task: fire the due slots it wins, honouring overlap and misfire rules.

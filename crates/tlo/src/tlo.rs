@@ -410,6 +410,8 @@ impl Tlo {
     /// # Ok::<(), tlo::Error>(()) }).unwrap();
     /// ```
     pub fn force_stop(&self) {
+        // Ignore takes nothing more, not even the jobs just put back.
+        self.engine.set_stop(Some(StopBehavior::Ignore));
         self.engine.interrupt.lock().cancel();
     }
 

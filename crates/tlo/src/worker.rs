@@ -67,8 +67,6 @@ impl Engine {
     /// The instant claims compare etas with, or `None` when no claim may be made (stopping).
     fn claim_now(&self) -> Option<DateTime<Utc>> {
         match self.stop_mode() {
-            // A forced stop takes nothing more (not even the jobs it just put back).
-            _ if self.interrupt.lock().is_cancelled() => None,
             StopMode::Running => Some(Utc::now()),
             // Drain takes what was due when it began, and jobs it put back itself.
             StopMode::Drain => match *self.drain_since.lock() {

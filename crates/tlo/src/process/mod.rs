@@ -284,7 +284,7 @@ impl Tlo {
     /// Cancels `job` if active, waits up to the cancel grace period (and a poll) for it to
     /// end, then deletes it with its children.
     async fn remove_process(&self, id: &str, job: &Job) -> tlo_core::Result<()> {
-        self.forget_schedule(id);
+        schedules::forget(self.engine(), id);
         if job.state.is_active() {
             match self.cancel(job.id).await {
                 Ok(_) | Err(Error::IllegalTransition { .. }) => {}
@@ -435,7 +435,7 @@ impl Tlo {
         let job = self.require_process(id).await?;
         match delete_tree(self.engine(), &job).await {
             Ok(deleted) => {
-                self.forget_schedule(id);
+                schedules::forget(self.engine(), id);
                 Ok(deleted)
             }
             Err(Error::ActiveJob { state, .. }) => Err(ControlError::NotDismissable {

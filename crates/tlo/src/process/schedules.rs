@@ -23,11 +23,6 @@ impl Tlo {
             None => schedules.remove(&def.id),
         };
     }
-
-    /// Stops launching process `id` on a schedule.
-    pub(super) fn forget_schedule(&self, id: &str) {
-        self.engine().process_schedules.write().remove(id);
-    }
 }
 
 /// One scheduler tick for every scheduled process: launches those whose slot is due and won.
@@ -60,7 +55,8 @@ pub(crate) async fn tick(
     Ok(())
 }
 
-/// Forgets the schedule of an ephemeral process that is being deleted.
-pub(crate) fn forget(engine: &Engine, id: &str) {
+/// Stops launching process `id` on a schedule (deleted, removed by a resync, or ephemeral
+/// and ended).
+pub(super) fn forget(engine: &Engine, id: &str) {
     engine.process_schedules.write().remove(id);
 }
