@@ -74,14 +74,20 @@ impl HotSql {
                  WHERE l.priority IS NOT NULL
                  LIMIT $3"
             ),
+            // Writing back and, when a job is `scheduled` again, waking the workers: one
+            // statement, so that it can travel with the COMMIT after it.
             save: format!(
-                "UPDATE {jobs} AS j SET state = u.state, queue = u.queue, priority = u.priority,
-                     eta = u.eta, worker = u.worker, lease_until = u.lease_until,
-                     finished_at = u.finished_at, data = u.data
-                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int8[],
-                     $6::text[], $7::int8[], $8::int8[], $9::json[])
-                     AS u(id, state, queue, priority, eta, worker, lease_until, finished_at, data)
-                 WHERE j.id = u.id"
+                "WITH saved AS (
+                     UPDATE {jobs} AS j SET state = u.state, queue = u.queue,
+                         priority = u.priority, eta = u.eta, worker = u.worker,
+                         lease_until = u.lease_until, finished_at = u.finished_at, data = u.data
+                     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int8[],
+                         $6::text[], $7::int8[], $8::int8[], $9::json[])
+                         AS u(id, state, queue, priority, eta, worker, lease_until, finished_at,
+                              data)
+                     WHERE j.id = u.id
+                     RETURNING u.state)
+                 SELECT pg_notify($10, '') WHERE EXISTS (SELECT FROM saved WHERE state = 'scheduled')"
             ),
             // In id order, so that concurrent batches lock rows in the same order.
             lock_many: format!("SELECT data FROM {jobs} WHERE id = ANY($1) ORDER BY id FOR UPDATE"),

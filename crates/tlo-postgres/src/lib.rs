@@ -19,6 +19,7 @@
 mod hot_sql;
 mod listen;
 mod locker;
+mod pipeline;
 mod pool;
 mod schema;
 mod store;

@@ -22,6 +22,7 @@ use tokio_postgres::types::{Json, ToSql};
 use uuid::Uuid;
 
 use crate::hot_sql::HotSql;
+use crate::pipeline::Pipelined;
 use crate::pool::{check_schema, config, db_error, pg_error, pool, redact};
 use crate::writes::Locked;
 use crate::{listen, schema};
@@ -202,20 +203,20 @@ impl Store for PostgresStore {
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Job>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db_error)?;
+        let tx = Pipelined::new(self.client().await?);
         // A claim lost in a server crash only puts the job back to `scheduled`: it runs again
         // and the stale worker's completion is fenced off. Not waiting for the WAL flush here
         // saves a disk sync per claim; enqueues and completions stay fully durable.
         // It only has to hold by the commit: sent along with the claim, it costs no round trip.
         let relaxed = async {
-            tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
+            tx.db()
+                .batch_execute("SET LOCAL synchronous_commit TO OFF")
                 .await
                 .map_err(db_error)
         };
-        let ((), claimed) = tokio::try_join!(relaxed, self.claim_in(&tx, request))?;
-        self.save(&tx, &claimed).await?;
-        tx.commit().await.map_err(db_error)?;
+        let ((), (), claimed) =
+            tokio::try_join!(tx.begin(), relaxed, self.claim_in(tx.db(), request))?;
+        self.save_and_commit(tx, &claimed).await?;
         Ok(claimed)
     }
 
@@ -230,18 +231,18 @@ impl Store for PostgresStore {
         completions: Vec<Completion>,
         next: Option<&ClaimRequest>,
     ) -> Result<(Vec<Result<Job>>, Vec<Job>)> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db_error)?;
+        let tx = Pipelined::new(self.client().await?);
         let ids: Vec<Uuid> = completions.iter().map(|c| c.id.0).collect();
         let claim = async {
             match next {
-                Some(request) => self.claim_in(&tx, request).await,
+                Some(request) => self.claim_in(tx.db(), request).await,
                 None => Ok(Vec::new()),
             }
         };
         // Independent (the claim skips locked rows and takes only scheduled ones, the lock
-        // only running ones): sent together, they cost one round trip instead of two.
-        let (rows, claimed) = tokio::try_join!(self.lock_rows(&tx, &ids), claim)?;
+        // only running ones): sent together with the BEGIN, they cost one round trip.
+        let ((), rows, claimed) =
+            tokio::try_join!(tx.begin(), self.lock_rows(tx.db(), &ids), claim)?;
         let mut locked = Locked::new(rows)?;
         let results = completions
             .iter()
@@ -249,8 +250,7 @@ impl Store for PostgresStore {
             .collect::<Vec<Result<Job>>>();
         let mut writes = locked.into_writes();
         writes.extend(claimed.iter().cloned());
-        self.save(&tx, &writes).await?;
-        tx.commit().await.map_err(db_error)?;
+        self.save_and_commit(tx, &writes).await?;
         Ok((results, claimed))
     }
 

@@ -1,14 +1,15 @@
 //! How [`PostgresStore`](crate::PostgresStore) reads and writes job rows: batched inserts and
 //! saves, locked read-modify-write, and claims.
 
-use deadpool_postgres::{GenericClient as _, Transaction as DbTransaction};
+use deadpool_postgres::{GenericClient as PooledClient, Transaction as DbTransaction};
 use tlo_core::transition::{apply_claim, claim_order};
-use tlo_core::{ClaimRequest, Enqueued, Error, Job, JobId, JobState, NewJob, Result, Utc};
+use tlo_core::{ClaimRequest, Enqueued, Error, Job, JobId, NewJob, Result, Utc};
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::{Json, ToSql};
 use uuid::Uuid;
 
 use crate::PostgresStore;
+use crate::pipeline::Pipelined;
 use crate::pool::db_error;
 use crate::store::{job_of, micros};
 
@@ -85,15 +86,38 @@ impl PostgresStore {
         Ok(out)
     }
 
-    pub(crate) async fn notify<C: GenericClient>(&self, db: &C) -> Result<()> {
-        db.execute("SELECT pg_notify($1, '')", &[&self.channel()])
+    /// Writes back changed jobs in one statement, which also wakes the workers when one of them
+    /// is `scheduled` again.
+    pub(crate) async fn save<C: PooledClient>(&self, db: &C, jobs: &[Job]) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let statement = db.prepare_cached(&self.sql.save).await.map_err(db_error)?;
+        self.save_prepared(db, &statement, jobs).await
+    }
+
+    /// Writes back `jobs` and commits `tx`, in one round trip.
+    pub(crate) async fn save_and_commit(&self, tx: Pipelined, jobs: &[Job]) -> Result<()> {
+        // Prepared before the join: a statement still being prepared when the COMMIT goes out
+        // would run after it, outside the transaction (and after its row locks are gone).
+        let statement = tx
+            .db()
+            .prepare_cached(&self.sql.save)
             .await
             .map_err(db_error)?;
+        tokio::try_join!(self.save_prepared(tx.db(), &statement, jobs), tx.commit())?;
+        tx.finish();
         Ok(())
     }
 
-    /// Writes back changed jobs in one statement.
-    pub(crate) async fn save(&self, db: &DbTransaction<'_>, jobs: &[Job]) -> Result<()> {
+    /// [`PostgresStore::save`] with its statement prepared: the write is sent when the future
+    /// is first polled, before anything polled after it.
+    async fn save_prepared<C: PooledClient>(
+        &self,
+        db: &C,
+        statement: &tokio_postgres::Statement,
+        jobs: &[Job],
+    ) -> Result<()> {
         if jobs.is_empty() {
             return Ok(());
         }
@@ -106,9 +130,8 @@ impl PostgresStore {
         let leases: Vec<Option<i64>> = jobs.iter().map(|j| j.lease_until.map(micros)).collect();
         let finished: Vec<Option<i64>> = jobs.iter().map(|j| j.finished_at.map(micros)).collect();
         let data: Vec<Json<&Job>> = jobs.iter().map(Json).collect();
-        let statement = db.prepare_cached(&self.sql.save).await.map_err(db_error)?;
         db.execute(
-            &statement,
+            statement,
             &[
                 &ids,
                 &states,
@@ -119,21 +142,19 @@ impl PostgresStore {
                 &leases,
                 &finished,
                 &data,
+                &self.channel(),
             ],
         )
         .await
         .map_err(db_error)?;
-        if jobs.iter().any(|j| j.state == JobState::Scheduled) {
-            self.notify(&**db).await?;
-        }
         Ok(())
     }
 
     /// Locks the rows of `ids` in `tx` (in id order, so that concurrent batches never
     /// deadlock); the caller applies its changes with [`Locked`].
-    pub(crate) async fn lock_rows(
+    pub(crate) async fn lock_rows<C: PooledClient>(
         &self,
-        tx: &DbTransaction<'_>,
+        tx: &C,
         ids: &[Uuid],
     ) -> Result<Vec<tokio_postgres::Row>> {
         if ids.is_empty() {
@@ -182,9 +203,9 @@ impl PostgresStore {
     }
 
     /// Selects and claims due jobs inside `tx`; the caller saves and commits.
-    pub(crate) async fn claim_in(
+    pub(crate) async fn claim_in<C: PooledClient>(
         &self,
-        tx: &DbTransaction<'_>,
+        tx: &C,
         request: &ClaimRequest,
     ) -> Result<Vec<Job>> {
         let sql = tx.prepare_cached(&self.sql.claim).await.map_err(db_error)?;

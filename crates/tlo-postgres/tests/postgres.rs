@@ -22,6 +22,8 @@ async fn concurrent_migrations_apply_once() {
         };
         tokio::spawn(async move { PostgresStore::connect_with(&common::url(), options).await })
     });
+    // Spawned all before any is awaited: they run at once.
+    let connects: Vec<_> = connects.collect();
     let mut stores = Vec::new();
     for connect in connects {
         stores.push(connect.await.unwrap().expect("every migrator succeeds"));
@@ -63,6 +65,7 @@ async fn concurrent_claims_never_take_a_job_twice() {
             }
         })
     });
+    let workers: Vec<_> = workers.collect();
     let mut all = Vec::new();
     for worker in workers {
         all.extend(worker.await.unwrap());
@@ -70,6 +73,61 @@ async fn concurrent_claims_never_take_a_job_twice() {
     let unique: HashSet<_> = all.iter().collect();
     assert_eq!(all.len(), 1000, "every job claimed");
     assert_eq!(unique.len(), 1000, "none twice");
+    store.drop_schema().await.unwrap();
+}
+
+/// Guards the pipelined claim: its write-back is sent with the COMMIT, and on a connection that
+/// had not prepared it yet, it once went out after the COMMIT, outside the transaction, when the
+/// rows were no longer locked: a claim arriving meanwhile took them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_on_fresh_connections_never_take_a_job_twice() {
+    const ROUNDS: usize = 15;
+    const WORKERS: usize = 6;
+    const EACH: usize = 4;
+    let store = common::store().await;
+    let jobs: Vec<NewJob> = (0..ROUNDS * WORKERS * EACH)
+        .map(|n| NewJob::new("t", serde_json::json!(n)))
+        .collect();
+    store.enqueue(jobs).await.unwrap();
+    let request = |queue: &str, w: usize| ClaimRequest {
+        worker: format!("w{w}"),
+        queues: vec![QueueDemand {
+            queue: queue.into(),
+            limit: EACH,
+        }],
+        limit: EACH,
+        now: Utc::now(),
+        lease: Duration::from_secs(30),
+    };
+    let mut all = Vec::new();
+    for _ in 0..ROUNDS {
+        // Every worker on a new connection that has prepared the claim (an empty queue's) but
+        // not the write-back; then all claim at once.
+        let start = Arc::new(tokio::sync::Barrier::new(WORKERS));
+        let workers = (0..WORKERS).map(|w| {
+            let (schema, start) = (store.schema().to_owned(), start.clone());
+            tokio::spawn(async move {
+                let options = PostgresOptions {
+                    schema,
+                    pool_size: 1,
+                    ..PostgresOptions::default()
+                };
+                let fresh = PostgresStore::connect_with(&common::url(), options)
+                    .await
+                    .unwrap();
+                assert!(fresh.claim(&request("empty", w)).await.unwrap().is_empty());
+                start.wait().await;
+                fresh.claim(&request("default", w)).await.unwrap()
+            })
+        });
+        let workers: Vec<_> = workers.collect();
+        for worker in workers {
+            all.extend(worker.await.unwrap().into_iter().map(|j| j.id));
+        }
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), unique.len(), "no job claimed twice");
+    assert_eq!(unique.len(), ROUNDS * WORKERS * EACH, "every job claimed");
     store.drop_schema().await.unwrap();
 }
 
