@@ -50,6 +50,14 @@ fn change_in(conn: &Connection, id: JobId, change: &Change, now: DateTime<Utc>) 
     Ok(job)
 }
 
+/// Records `completion` (nothing, when refused).
+fn complete_in(conn: &Connection, completion: &Completion) -> Result<Job> {
+    let mut job = require(conn, completion.id)?;
+    apply_completion(&mut job, completion)?;
+    save(conn, &job)?;
+    Ok(job)
+}
+
 impl SqliteStore {
     /// Opens (or creates) the store at `path` and applies pending migrations.
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore> {
@@ -130,6 +138,12 @@ impl Store for SqliteStore {
         self.conn.call(move |conn| claim_in(conn, &request)).await
     }
 
+    async fn complete_many(&self, completions: Vec<Completion>) -> Result<Vec<Result<Job>>> {
+        self.conn
+            .call(move |conn| Ok(completions.iter().map(|c| complete_in(conn, c)).collect()))
+            .await
+    }
+
     async fn complete_and_claim(
         &self,
         completions: Vec<Completion>,
@@ -138,15 +152,7 @@ impl Store for SqliteStore {
         let next = next.cloned();
         self.conn
             .call(move |conn| {
-                let results = completions
-                    .iter()
-                    .map(|completion| {
-                        let mut job = require(conn, completion.id)?;
-                        apply_completion(&mut job, completion)?;
-                        save(conn, &job)?;
-                        Ok(job)
-                    })
-                    .collect();
+                let results = completions.iter().map(|c| complete_in(conn, c)).collect();
                 let claimed = match &next {
                     Some(request) => claim_in(conn, request)?,
                     None => Vec::new(),
@@ -158,12 +164,7 @@ impl Store for SqliteStore {
 
     async fn complete(&self, completion: Completion) -> Result<Job> {
         self.conn
-            .call(move |conn| {
-                let mut job = require(conn, completion.id)?;
-                apply_completion(&mut job, &completion)?;
-                save(conn, &job)?;
-                Ok(job)
-            })
+            .call(move |conn| complete_in(conn, &completion))
             .await
     }
 
