@@ -147,8 +147,10 @@ pub(crate) struct Engine {
     pub(crate) coordinators: Mutex<JobIdMap<tokio::sync::mpsc::UnboundedSender<Job>>>,
     /// Registered workflows, by name.
     pub(crate) workflows: RwLock<HashMap<String, Arc<crate::workflow::Workflow>>>,
-    /// Batched rounds of completions and claims, for shared stores while running.
-    pub(crate) batcher: Mutex<Option<tokio::sync::mpsc::UnboundedSender<crate::batch::Finish>>>,
+    /// Batched rounds of outcomes and of claims, for shared stores while running.
+    pub(crate) rounds: Mutex<Option<crate::batch::Rounds>>,
+    /// Outcomes handed to the outcome stream and not yet recorded.
+    pub(crate) recording: AtomicUsize,
     /// Jobs put back by exclusivity during a drain: the drain waits for them too.
     pub(crate) drain_snoozed: Mutex<HashSet<JobId>>,
     pub(crate) stop: watch::Sender<Option<StopBehavior>>,
@@ -205,7 +207,8 @@ impl Engine {
             stop_mode: AtomicU8::new(StopMode::Running as u8),
             drain_since: Mutex::new(None),
             claim_turn: tokio::sync::Mutex::new(()),
-            batcher: Mutex::new(None),
+            rounds: Mutex::new(None),
+            recording: AtomicUsize::new(0),
             workflows: RwLock::new(HashMap::new()),
             coordinators: Mutex::new(JobIdMap::default()),
             drain_snoozed: Mutex::new(HashSet::new()),

@@ -10,7 +10,7 @@ use futures_util::FutureExt;
 use serde_json::Value;
 use tlo_core::{Completion, Job, JobState, Outcome};
 
-use crate::batch::Finish;
+use crate::batch::Finished;
 use crate::context::TaskContext;
 use crate::engine::{Engine, StopMode};
 use crate::events::{Hooks, JobEventKind};
@@ -39,23 +39,10 @@ pub(crate) async fn run_loop(engine: Arc<Engine>, mut job: Job) {
                     .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                 side.finished.notify_waiters();
             });
-            match engine.claim_next().await {
-                Some(next) => {
-                    job = next;
-                    continue;
-                }
-                None => {
-                    engine.release_slot();
-                    return;
-                }
-            }
+        } else {
+            run_job(&engine, job, true).await;
         }
-        let next = match run_job(&engine, job, true).await {
-            Next::Job(next) => Some(*next),
-            Next::Nothing => None,
-            Next::Ask => engine.claim_next().await,
-        };
-        match next {
+        match engine.claim_next().await {
             Some(next) => job = next,
             None => {
                 engine.release_slot();
@@ -65,24 +52,14 @@ pub(crate) async fn run_loop(engine: Arc<Engine>, mut job: Job) {
     }
 }
 
-/// What a runner does after a job.
-enum Next {
-    /// Run this job, claimed in the same round as the outcome.
-    Job(Box<Job>),
-    /// The round found nothing due: give the slot back.
-    Nothing,
-    /// Ask the store for the next job.
-    Ask,
-}
-
 /// Runs one claimed job to its outcome; its slot stays reserved (the caller decides).
-/// With `batched`, its outcome may be recorded in a shared round that also claims the next job
-/// for this runner.
-async fn run_job(engine: &Arc<Engine>, mut job: Job, batched: bool) -> Next {
+/// With `batched`, its outcome may be handed to the outcome stream instead of waiting for its
+/// recording.
+async fn run_job(engine: &Arc<Engine>, mut job: Job, batched: bool) {
     let queue = job.queue.clone();
     let Some(def) = engine.registry.get(&job.task) else {
         let error = format!("unknown task `{}`", job.task);
-        let next = finish(
+        finish(
             engine,
             &job,
             Outcome::Failed {
@@ -93,7 +70,7 @@ async fn run_job(engine: &Arc<Engine>, mut job: Job, batched: bool) -> Next {
         )
         .await;
         engine.leave_queue(&queue);
-        return next;
+        return;
     };
     if let Some(key) = job.lock_key.clone() {
         let acquired = engine
@@ -108,9 +85,9 @@ async fn run_job(engine: &Arc<Engine>, mut job: Job, batched: bool) -> Next {
             if engine.is_stopping() {
                 engine.drain_snoozed.lock().insert(job.id);
             }
-            let next = finish(engine, &job, Outcome::Snoozed { eta }, batched).await;
+            finish(engine, &job, Outcome::Snoozed { eta }, batched).await;
             engine.leave_queue(&queue);
-            return next;
+            return;
         }
     }
     let args = std::mem::take(&mut job.args);
@@ -153,10 +130,9 @@ async fn run_job(engine: &Arc<Engine>, mut job: Job, batched: bool) -> Next {
             tracing::warn!(job = %job.id, error = %err, "releasing lock failed");
         }
     }
-    let next = finish(engine, job, outcome, batched).await;
+    finish(engine, job, outcome, batched).await;
     engine.running.lock().remove(&job.id);
     engine.leave_queue(&queue);
-    next
 }
 
 fn panic_message(payload: Box<dyn Any + Send>) -> String {
@@ -288,46 +264,44 @@ pub(crate) async fn flush(engine: &Engine, ctx: &TaskContext) {
     }
 }
 
-/// Records the outcome (in a shared round when the store batches) and tells hooks, metrics and
-/// listeners.
-async fn finish(engine: &Engine, job: &Job, outcome: Outcome, batched: bool) -> Next {
-    let completion = Completion {
-        id: job.id,
-        attempt: job.attempt,
-        outcome,
-        at: Utc::now(),
+/// Records the outcome and tells hooks, metrics and listeners; with `batched`, on a shared
+/// store, hands it to the outcome stream, which does that after its round.
+async fn finish(engine: &Arc<Engine>, job: &Job, outcome: Outcome, batched: bool) {
+    let finished = Finished {
+        completion: Completion {
+            id: job.id,
+            attempt: job.attempt,
+            outcome,
+            at: Utc::now(),
+        },
+        started_at: job.started_at,
     };
-    let snoozed = matches!(completion.outcome, Outcome::Snoozed { .. });
-    let completion_copy = completion.clone();
-    let batcher = if batched {
-        engine.batcher.lock().clone()
-    } else {
-        None
-    };
-    let (recorded, next) = match batcher {
-        Some(batcher) => {
-            let (reply, replied) = tokio::sync::oneshot::channel();
-            let sent = batcher.send(Finish { completion, reply });
-            match sent {
-                Ok(()) => match replied.await {
-                    Ok((recorded, Some(next))) => (recorded, Next::Job(Box::new(next))),
-                    Ok((recorded, None)) => (recorded, Next::Nothing),
-                    Err(_) => (Err(tlo_core::Error::Shutdown), Next::Nothing),
-                },
-                Err(unsent) => (engine.store.complete(unsent.0.completion).await, Next::Ask),
-            }
+    let finished = if batched {
+        match engine.hand_over(finished).await {
+            Some(finished) => finished,
+            None => return,
         }
-        None => (engine.store.complete(completion).await, Next::Ask),
+    } else {
+        finished
     };
-    let ended = match recorded {
+    let result = engine.store.complete(finished.completion.clone()).await;
+    recorded(engine, &finished, result).await;
+}
+
+/// After an outcome's recording (retried after a store failure): hooks, metrics, listeners.
+pub(crate) async fn recorded(engine: &Engine, finished: &Finished, result: tlo_core::Result<Job>) {
+    let completion = &finished.completion;
+    let ended = match result {
         Ok(ended) => ended,
-        Err(err) => match record_again(engine, job, &completion_copy, err).await {
+        Err(err) => match record_again(engine, completion, err).await {
             Some(ended) => ended,
-            None => return next,
+            None => return,
         },
     };
+    let snoozed = matches!(completion.outcome, Outcome::Snoozed { .. });
     let duration = (!snoozed).then(|| {
-        job.started_at
+        finished
+            .started_at
             .and_then(|start| (Utc::now() - start).to_std().ok())
             .unwrap_or_default()
     });
@@ -339,20 +313,22 @@ async fn finish(engine: &Engine, job: &Job, outcome: Outcome, batched: bool) -> 
         JobState::Scheduled if snoozed => (Count::Snoozed, &Vec::new()),
         _ => (Count::Retried, &hooks.retried),
     };
+    if ended.state == JobState::Scheduled {
+        // Back in the queue (a retry, a snooze): the dispatcher may have a slot for it.
+        engine.wake.notify_one();
+    }
     engine.metrics.count(&ended.task, count, duration);
     Hooks::run(hook_list, &ended);
     announce(engine, &ended, snoozed);
     if ended.state.is_end() && crate::process::is_ephemeral(&ended) {
         crate::process::forget_ephemeral(engine, &ended);
     }
-    next
 }
 
 /// Retries recording an outcome after a store failure (a lost connection, a deadlock victim):
 /// giving up would leave the job `running` until its lease ran out and run it again.
 async fn record_again(
     engine: &Engine,
-    job: &Job,
     completion: &Completion,
     mut error: tlo_core::Error,
 ) -> Option<Job> {
@@ -366,7 +342,7 @@ async fn record_again(
             Err(err) => error = err,
         }
     }
-    tracing::warn!(job = %job.id, error = %error, "recording the outcome failed");
+    tracing::warn!(job = %completion.id, error = %error, "recording the outcome failed");
     None
 }
 

@@ -358,11 +358,8 @@ impl Tlo {
         engine.set_stop(None);
         *engine.interrupt.lock() = tokio_util::sync::CancellationToken::new();
         engine.started.store(true, Ordering::Release);
-        let mut background = Vec::new();
         if engine.store.is_shared() {
-            let (finishes, rounds) = tokio::sync::mpsc::unbounded_channel();
-            *engine.batcher.lock() = Some(finishes);
-            background.push(runtime.spawn(batch::batcher(engine.clone(), rounds)));
+            *engine.rounds.lock() = Some(batch::Rounds::start(engine));
         }
         *running = Some(Running {
             dispatcher: runtime.spawn(worker::dispatch(engine.clone())),
@@ -372,10 +369,7 @@ impl Tlo {
                 runtime.spawn(maintenance::rescuer(engine.clone())),
                 runtime.spawn(maintenance::flusher(engine.clone())),
                 runtime.spawn(maintenance::pruner(engine.clone())),
-            ]
-            .into_iter()
-            .chain(background)
-            .collect(),
+            ],
         });
         Ok(())
     }
@@ -450,13 +444,14 @@ impl Tlo {
             let finished = engine.finished.notified();
             if engine.in_flight.load(Ordering::Acquire) == 0
                 && engine.side_jobs.load(Ordering::Acquire) == 0
+                && engine.recording.load(Ordering::Acquire) == 0
             {
                 break;
             }
             finished.await;
         }
         engine.started.store(false, Ordering::Release);
-        engine.batcher.lock().take();
+        engine.rounds.lock().take();
         for task in running.background {
             task.abort();
         }

@@ -77,7 +77,7 @@ impl Engine {
         }
     }
 
-    async fn claim(&self, slots: usize) -> Vec<Job> {
+    pub(crate) async fn claim(&self, slots: usize) -> Vec<Job> {
         let Some(now) = self.claim_now() else {
             return Vec::new();
         };
@@ -128,31 +128,8 @@ impl Engine {
         jobs
     }
 
-    /// A claim request for `slots` jobs that needs no per-queue bookkeeping, or `None` when
-    /// claims must take the careful path (per-queue limits) or none may be made (stopping).
-    pub(crate) fn plain_claim_request(&self, slots: usize) -> Option<ClaimRequest> {
-        if !self.settings.queue_concurrency.is_empty() {
-            return None;
-        }
-        let now = self.claim_now()?;
-        Some(ClaimRequest {
-            worker: self.worker_id.clone(),
-            queues: self
-                .served_queues()
-                .iter()
-                .map(|queue| QueueDemand {
-                    queue: queue.clone(),
-                    limit: slots,
-                })
-                .collect(),
-            limit: slots.min(CLAIM_BATCH),
-            now,
-            lease: self.settings.lease,
-        })
-    }
-
-    /// Bookkeeping after a claim made outside [`Engine::claim`].
-    pub(crate) fn note_claimed(&self, jobs: &[Job]) {
+    /// Bookkeeping after a claim.
+    fn note_claimed(&self, jobs: &[Job]) {
         if !self.drain_snoozed.lock().is_empty() {
             let mut snoozed = self.drain_snoozed.lock();
             for job in jobs {
@@ -161,9 +138,13 @@ impl Engine {
         }
     }
 
-    /// For a runner that finished a job and keeps its slot: the next due job, if any.
+    /// For a runner that finished a job and keeps its slot: the next due job, if any (in a
+    /// claim shared with other runners, on a shared store).
     pub(crate) async fn claim_next(&self) -> Option<Job> {
-        self.claim(1).await.pop()
+        match self.claim_in_round().await {
+            Ok(job) => job,
+            Err(()) => self.claim(1).await.pop(),
+        }
     }
 
     /// Starts runners for up to `want` due jobs, if slots are free; returns how many started.
@@ -219,7 +200,9 @@ pub(crate) async fn dispatch(engine: Arc<Engine>) {
 
 /// A drain is over when nothing runs here and nothing that was due when it began is left.
 async fn drained(engine: &Engine) -> bool {
-    if engine.in_flight.load(Ordering::Acquire) > 0 {
+    // An outcome not yet recorded may put a job back (a retry).
+    if engine.in_flight.load(Ordering::Acquire) > 0 || engine.recording.load(Ordering::Acquire) > 0
+    {
         return false;
     }
     let snoozed: Vec<_> = engine.drain_snoozed.lock().iter().copied().collect();
