@@ -127,6 +127,30 @@ async fn a_forced_stop_puts_jobs_still_running_back_without_using_an_attempt() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_on_sqlite_returns_once_every_outcome_is_recorded() {
+    let dir = std::env::temp_dir().join(format!("tlo-stop-outcomes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for behavior in [StopBehavior::Drain, StopBehavior::Ignore] {
+        let sqlite = tlo::SqliteStore::open(dir.join(format!("{behavior:?}.db"))).unwrap();
+        let tlo = build(
+            Tlo::builder()
+                .settings(fast().concurrency(16))
+                .store(sqlite),
+        );
+        let counts = states_when_a_stop_returns(&tlo, behavior).await;
+        assert_eq!(
+            counts.get(&JobState::Running),
+            None,
+            "{behavior:?}: {counts:?}"
+        );
+        if behavior == StopBehavior::Drain {
+            assert_eq!(counts.get(&JobState::Done), Some(&3000), "{counts:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ignore_stop_leaves_the_queue_as_it_is() {
     let tlo = tlo_with(fast().concurrency(1));
     let t = sleeper(&tlo, 100);

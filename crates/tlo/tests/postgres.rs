@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
-use tlo::{JobState, PostgresOptions, PostgresStore, SubmitOptions, TaskOptions, Tlo};
+use tlo::{
+    JobState, PostgresOptions, PostgresStore, StopBehavior, SubmitOptions, TaskOptions, Tlo,
+};
 use tlo_core::{ClaimRequest, NewJob, QueueDemand, Store};
 
 fn url() -> String {
@@ -184,4 +186,22 @@ async fn a_job_whose_worker_vanished_is_rescued_and_runs_once_more() {
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     survivor.stop().await.unwrap();
     pg.drop_schema().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_returns_once_every_outcome_is_recorded() {
+    for behavior in [StopBehavior::Drain, StopBehavior::Ignore] {
+        let schema = schema(&format!("stop_outcomes_{behavior:?}").to_lowercase());
+        let tlo = worker(&schema, "a", fast().concurrency(16)).await;
+        let counts = states_when_a_stop_returns(&tlo, behavior).await;
+        assert_eq!(
+            counts.get(&JobState::Running),
+            None,
+            "{behavior:?}: {counts:?}"
+        );
+        if behavior == StopBehavior::Drain {
+            assert_eq!(counts.get(&JobState::Done), Some(&3000), "{counts:?}");
+        }
+        store(&schema).await.drop_schema().await.unwrap();
+    }
 }

@@ -65,3 +65,33 @@ pub async fn force_a_stop(tlo: &Tlo, behavior: StopBehavior, patience: Duration)
         .unwrap();
     was_waiting
 }
+
+/// Starts `tlo` on 3,000 no-op jobs, stops it with `behavior` mid-stream, and returns how many
+/// jobs each state held the moment the stop returned. On the durable stores a runner hands its
+/// outcome over and goes on: the stop must still wait until every outcome is recorded.
+pub async fn states_when_a_stop_returns(
+    tlo: &Tlo,
+    behavior: StopBehavior,
+) -> std::collections::BTreeMap<tlo::JobState, usize> {
+    let noop = tlo
+        .register("noop", tlo::TaskOptions::new(), |_ctx, _: ()| async {
+            Ok::<_, String>(())
+        })
+        .unwrap();
+    tlo.submit_batch(&noop, vec![(); 3000]).await.unwrap();
+    tlo.start().unwrap();
+    eventually("jobs done", || async {
+        tlo.jobs(&tlo::JobFilter::default().state(tlo::JobState::Done))
+            .await
+            .unwrap()
+            .len()
+            >= 300
+    })
+    .await;
+    tlo.stop_with(behavior).await.unwrap();
+    let mut counts = std::collections::BTreeMap::new();
+    for job in tlo.jobs(&tlo::JobFilter::default()).await.unwrap() {
+        *counts.entry(job.state).or_default() += 1;
+    }
+    counts
+}
