@@ -145,16 +145,31 @@ pub enum Error {
     JobSkipped(JobId),
     /// A result could not be (de)serialized.
     #[error("serialization: {0}")]
-    Serialization(#[from] serde_json::Error),
+    Serialization(serde_json::Error),
     /// The orchestrator is not running or has stopped.
     #[error("orchestrator is shut down")]
     Shutdown,
-    /// The storage backend failed.
+    /// The storage backend failed. Its message is part of this error's own (not a `source`,
+    /// which error reporters would print a second time).
     #[error("store: {0}")]
-    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Store(Box<dyn std::error::Error + Send + Sync>),
     /// An I/O error (spawning a subprocess, reading a file, ...).
     #[error("io: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+// By hand rather than `#[from]`, which would also make the wrapped error a `source`: its
+// message, already in ours, would then be printed twice by error reporters.
+impl From<serde_json::Error> for Error {
+    fn from(err: serde_json::Error) -> Self {
+        Error::Serialization(err)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(err: std::io::Error) -> Self {
+        Error::Io(err)
+    }
 }
 
 impl Error {
