@@ -26,7 +26,7 @@ impl HotSql {
                      SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],
                          $5::int4[], $6::int8[], $7::text[], $8::uuid[], $9::uuid[], $10::int4[],
                          $11::int4[], $12::json[])
-                     ON CONFLICT (unique_key) DO NOTHING
+                     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
                      RETURNING id)
                  SELECT id, pg_notify($13, '') FROM ins"
             ),
