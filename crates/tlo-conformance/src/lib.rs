@@ -62,6 +62,7 @@ macro_rules! store_conformance {
             delete_only_inactive_jobs_with_their_logs,
             prune_removes_only_old_ended_jobs,
             complete_and_claim_in_one_round,
+            enqueue_and_claim_sees_the_new_jobs,
             waiting_jobs_are_released_or_skipped,
             waiting_jobs_are_changed_together,
             unknown_job_is_none

@@ -120,6 +120,19 @@ pub trait Store: Send + Sync + 'static {
     /// highest priority, then earliest eta, then earliest submission.
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Job>>;
 
+    /// [`Store::enqueue`], then [`Store::claim`] for a submitter with free slots; the claim
+    /// sees the new jobs (and takes the best due jobs, not necessarily them). A database server
+    /// does both in one round trip. The outer error is the enqueue's: once it succeeded, the
+    /// jobs are stored whatever becomes of the claim, whose own result is the inner one.
+    async fn enqueue_and_claim(
+        &self,
+        jobs: Vec<NewJob>,
+        next: &ClaimRequest,
+    ) -> Result<(Vec<Enqueued>, Result<Vec<Job>>)> {
+        let enqueued = self.enqueue(jobs).await?;
+        Ok((enqueued, self.claim(next).await))
+    }
+
     /// Records how an attempt ended (see [`crate::transition::apply_completion`]).
     async fn complete(&self, completion: Completion) -> Result<Job>;
 

@@ -204,20 +204,35 @@ impl Store for PostgresStore {
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Job>> {
         let tx = Pipelined::new(self.client().await?);
-        // A claim lost in a server crash only puts the job back to `scheduled`: it runs again
-        // and the stale worker's completion is fenced off. Not waiting for the WAL flush here
-        // saves a disk sync per claim; enqueues and completions stay fully durable.
-        // It only has to hold by the commit: sent along with the claim, it costs no round trip.
-        let relaxed = async {
-            tx.db()
-                .batch_execute("SET LOCAL synchronous_commit TO OFF")
-                .await
-                .map_err(db_error)
-        };
-        let ((), (), claimed) =
-            tokio::try_join!(tx.begin(), relaxed, self.claim_in(tx.db(), request))?;
+        let claimed = self.begin_claim(&tx, request).await?;
         self.save_and_commit(tx, &claimed).await?;
         Ok(claimed)
+    }
+
+    async fn enqueue_and_claim(
+        &self,
+        jobs: Vec<NewJob>,
+        next: &ClaimRequest,
+    ) -> Result<(Vec<Enqueued>, Result<Vec<Job>>)> {
+        let tx = Pipelined::new(self.client().await?);
+        let insert = tx
+            .db()
+            .prepare_cached(&self.sql.insert)
+            .await
+            .map_err(db_error)?;
+        let client: &tokio_postgres::Client = tx.db();
+        // The insert is sent first and commits on its own, before the claim's BEGIN: the jobs
+        // are stored (and the claim sees them) whatever becomes of the claim.
+        let (enqueued, claimed) = tokio::join!(
+            self.insert(client, &insert, jobs),
+            self.begin_claim(&tx, next)
+        );
+        let enqueued = enqueued?;
+        let claimed = match claimed {
+            Ok(claimed) => self.save_and_commit(tx, &claimed).await.map(|()| claimed),
+            Err(err) => Err(err),
+        };
+        Ok((enqueued, claimed))
     }
 
     async fn complete_many(&self, completions: Vec<Completion>) -> Result<Vec<Result<Job>>> {

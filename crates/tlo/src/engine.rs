@@ -325,7 +325,29 @@ impl Engine {
         let now = Utc::now();
         let due = jobs.iter().filter(|job| job.eta <= now).count();
         let tasks: Vec<String> = jobs.iter().map(|job| job.task.clone()).collect();
-        let enqueued = self.store.enqueue(jobs).await?;
+        // A due job and a free slot: claimed with the enqueue (one round trip on a database
+        // server), no hand-off to the dispatcher.
+        let reserved = if due > 0 && self.started.load(Ordering::Acquire) && !self.is_stopping() {
+            self.reserve(due.min(crate::worker::CLAIM_BATCH))
+        } else {
+            0
+        };
+        let request = (reserved > 0)
+            .then(|| self.plain_claim_request(reserved))
+            .flatten();
+        let (enqueued, claimed) = match &request {
+            Some(request) => match self.store.enqueue_and_claim(jobs, request).await {
+                Ok((enqueued, claimed)) => (enqueued, Some(claimed)),
+                Err(err) => {
+                    self.unreserve(reserved);
+                    return Err(err);
+                }
+            },
+            None => {
+                self.unreserve(reserved);
+                (self.store.enqueue(jobs).await?, None)
+            }
+        };
         for (task, result) in tasks.iter().zip(&enqueued) {
             if result.inserted {
                 self.metrics.count(task, Count::Enqueued, None);
@@ -338,12 +360,14 @@ impl Engine {
                 }
             }
         }
-        if due > 0 && self.started.load(Ordering::Acquire) && !self.is_stopping() {
-            let started = self.fill_slots(due).await;
-            if started < due {
-                self.wake.notify_one();
+        let started = match claimed {
+            Some(claimed) => self.start_claimed(reserved, claimed),
+            None if due > 0 && self.started.load(Ordering::Acquire) && !self.is_stopping() => {
+                self.fill_slots(due).await
             }
-        } else {
+            None => 0,
+        };
+        if started < due || due == 0 {
             self.wake.notify_one();
         }
         Ok(enqueued)

@@ -4,6 +4,7 @@
 //! the next due job itself when it finishes one; the dispatcher only fans out new work (after a
 //! submit, an eta, or a freed slot) and ends a drain.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use crate::engine::{Engine, StopMode};
 use crate::runner::run_loop;
 
 /// Most jobs taken in one claim.
-const CLAIM_BATCH: usize = 256;
+pub(crate) const CLAIM_BATCH: usize = 256;
 
 impl Engine {
     /// Reserves up to `want` of the free slots; returns how many were reserved.
@@ -78,9 +79,6 @@ impl Engine {
     }
 
     pub(crate) async fn claim(&self, slots: usize) -> Vec<Job> {
-        let Some(now) = self.claim_now() else {
-            return Vec::new();
-        };
         let limits = &self.settings.queue_concurrency;
         // Per-queue limits need the counts and the claim to agree: claims take turns.
         let _turn = if limits.is_empty() {
@@ -88,28 +86,9 @@ impl Engine {
         } else {
             Some(self.claim_turn.lock().await)
         };
-        let queues = self.served_queues();
         let counts = (!limits.is_empty()).then(|| self.queue_in_flight.lock().clone());
-        let request = ClaimRequest {
-            worker: self.worker_id.clone(),
-            queues: queues
-                .iter()
-                .map(|queue| {
-                    let free = match (limits.get(queue), &counts) {
-                        (Some(cap), Some(counts)) => {
-                            cap.saturating_sub(counts.get(queue).copied().unwrap_or(0))
-                        }
-                        _ => slots,
-                    };
-                    QueueDemand {
-                        queue: queue.clone(),
-                        limit: free.min(slots),
-                    }
-                })
-                .collect(),
-            limit: slots.min(CLAIM_BATCH),
-            now,
-            lease: self.settings.lease,
+        let Some(request) = self.claim_request(slots, counts.as_ref()) else {
+            return Vec::new();
         };
         let jobs = match self.store.claim(&request).await {
             Ok(jobs) => jobs,
@@ -126,6 +105,69 @@ impl Engine {
         }
         self.note_claimed(&jobs);
         jobs
+    }
+
+    /// A claim request for `slots` jobs, each queue's demand capped by its limit given the
+    /// jobs of each queue in flight (`counts`); `None` when no claim may be made (stopping).
+    fn claim_request(
+        &self,
+        slots: usize,
+        counts: Option<&HashMap<String, usize>>,
+    ) -> Option<ClaimRequest> {
+        let now = self.claim_now()?;
+        let limits = &self.settings.queue_concurrency;
+        Some(ClaimRequest {
+            worker: self.worker_id.clone(),
+            queues: self
+                .served_queues()
+                .iter()
+                .map(|queue| {
+                    let free = match (limits.get(queue), counts) {
+                        (Some(cap), Some(counts)) => {
+                            cap.saturating_sub(counts.get(queue).copied().unwrap_or(0))
+                        }
+                        _ => slots,
+                    };
+                    QueueDemand {
+                        queue: queue.clone(),
+                        limit: free.min(slots),
+                    }
+                })
+                .collect(),
+            limit: slots.min(CLAIM_BATCH),
+            now,
+            lease: self.settings.lease,
+        })
+    }
+
+    /// A claim request for `slots` jobs that needs no per-queue bookkeeping, or `None` when
+    /// claims must take turns (per-queue limits) or none may be made (stopping).
+    pub(crate) fn plain_claim_request(&self, slots: usize) -> Option<ClaimRequest> {
+        if !self.settings.queue_concurrency.is_empty() {
+            return None;
+        }
+        self.claim_request(slots, None)
+    }
+
+    /// Starts runners for jobs claimed into `reserved` slots (made with
+    /// [`Engine::plain_claim_request`]); gives back the slots left over. Returns how many
+    /// started.
+    pub(crate) fn start_claimed(
+        self: &Arc<Self>,
+        reserved: usize,
+        claimed: tlo_core::Result<Vec<Job>>,
+    ) -> usize {
+        let jobs = claimed.unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "claiming jobs failed; will retry");
+            Vec::new()
+        });
+        self.note_claimed(&jobs);
+        self.unreserve(reserved - jobs.len());
+        let started = jobs.len();
+        for job in jobs {
+            tokio::spawn(run_loop(self.clone(), job));
+        }
+        started
     }
 
     /// Bookkeeping after a claim.

@@ -199,6 +199,42 @@ pub async fn complete_and_claim_in_one_round<S: Store>(store: Arc<S>) {
     assert!(results.is_empty() && claimed.is_empty());
 }
 
+/// An enqueue followed by a claim that sees the new jobs and takes the best due ones first.
+pub async fn enqueue_and_claim_sees_the_new_jobs<S: Store>(store: Arc<S>) {
+    let older = put(&*store, vec![job("a")]).await;
+    let mut urgent = job("b");
+    urgent.priority = 5;
+    let (enqueued, claimed) = store
+        .enqueue_and_claim(
+            vec![job("c"), urgent],
+            &request(&[("default", 2)], 2, Utc::now()),
+        )
+        .await
+        .unwrap();
+    assert!(enqueued.iter().all(|e| e.inserted));
+    let claimed: Vec<JobId> = claimed.unwrap().into_iter().map(|j| j.id).collect();
+    assert_eq!(
+        claimed,
+        vec![enqueued[1].id, older[0]],
+        "the best due jobs, the new urgent one first"
+    );
+    assert_eq!(state(&*store, enqueued[0].id).await, JobState::Scheduled);
+    assert_eq!(state(&*store, enqueued[1].id).await, JobState::Running);
+    let mut again = job("c");
+    again.unique_key = Some("once".into());
+    let first = store.enqueue(vec![again.clone()]).await.unwrap();
+    let (enqueued, claimed) = store
+        .enqueue_and_claim(vec![again], &request(&[("default", 5)], 5, Utc::now()))
+        .await
+        .unwrap();
+    assert_eq!((enqueued[0].id, enqueued[0].inserted), (first[0].id, false));
+    assert_eq!(
+        claimed.unwrap().len(),
+        2,
+        "the two left: c and the unique one"
+    );
+}
+
 /// A waiting job is released (new arguments, due now) or skipped; a running one is neither.
 pub async fn waiting_jobs_are_released_or_skipped<S: Store>(store: Arc<S>) {
     let mut waiting = job("t");
