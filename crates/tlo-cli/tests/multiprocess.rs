@@ -138,9 +138,11 @@ async fn a_worker_killed_mid_drain_loses_no_job() {
     let counts = executions(&out);
     assert_eq!(counts.len(), JOBS, "every job ran");
     let repeats: usize = counts.values().map(|c| c - 1).sum();
+    // The victim held its 8 running jobs and at most 4 outcomes per slot not yet recorded.
+    let held = 8 + 4 * 8;
     assert!(
-        repeats <= 8,
-        "re-executions ({repeats}) exceed what the victim held (8)"
+        repeats <= held,
+        "re-executions ({repeats}) exceed what the victim held ({held})"
     );
     let rescued = jobs
         .iter()
@@ -151,8 +153,8 @@ async fn a_worker_killed_mid_drain_loses_no_job() {
         })
         .count();
     assert!(
-        rescued <= 8,
-        "the victim held at most 8 jobs, {rescued} rescued"
+        rescued <= held,
+        "the victim held at most {held} jobs, {rescued} rescued"
     );
     assert!(
         repeats <= rescued,

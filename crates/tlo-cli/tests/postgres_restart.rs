@@ -36,9 +36,11 @@ async fn a_server_restart_mid_drain_loses_no_job() {
     restart_server();
     wait_until_all_ended(&setup.store, Duration::from_secs(180)).await;
     let repeats = check(&setup, JOBS).await;
+    // Each worker held its 8 running jobs and at most 4 outcomes per slot not yet recorded.
+    let held = 2 * (8 + 4 * 8);
     assert!(
-        repeats <= 16,
-        "{repeats} re-executions, more than the workers could hold (16)"
+        repeats <= held,
+        "{repeats} re-executions, more than the workers could hold ({held})"
     );
     setup.store.drop_schema().await.unwrap();
 }

@@ -61,7 +61,7 @@ macro_rules! store_conformance {
             idle_jobs_launch_and_dismiss,
             delete_only_inactive_jobs_with_their_logs,
             prune_removes_only_old_ended_jobs,
-            complete_and_claim_in_one_round,
+            completions_in_one_round_succeed_or_fail_alone,
             enqueue_and_claim_sees_the_new_jobs,
             waiting_jobs_are_released_or_skipped,
             waiting_jobs_are_changed_together,

@@ -98,10 +98,11 @@ pub trait Store: Send + Sync + 'static {
     /// Whether other processes may work on the same jobs (a shared database).
     fn is_shared(&self) -> bool;
 
-    /// How many [`complete_and_claim`](Store::complete_and_claim) rounds an orchestrator keeps
-    /// in flight at once. A store that groups concurrent calls itself (SQLite's single writer
-    /// commits them together) does best with several; one that pays per statement and per
-    /// commit (a database server) with fewer, larger rounds.
+    /// How many rounds of each kind (outcomes recorded with [`Store::complete_many`], claims
+    /// shared by runners) an orchestrator on a shared store keeps in flight at once. A store
+    /// that groups concurrent calls itself (SQLite's single writer commits them together) does
+    /// best with several; one that pays per statement and per commit (a database server) with
+    /// fewer, larger rounds.
     fn round_concurrency(&self) -> usize {
         4
     }
@@ -136,28 +137,14 @@ pub trait Store: Send + Sync + 'static {
     /// Records how an attempt ended (see [`crate::transition::apply_completion`]).
     async fn complete(&self, completion: Completion) -> Result<Job>;
 
-    /// Records several completions; each succeeds or fails on its own.
+    /// Records several completions; each succeeds or fails on its own. The durable stores
+    /// record them in one transaction.
     async fn complete_many(&self, completions: Vec<Completion>) -> Result<Vec<Result<Job>>> {
         let mut results = Vec::with_capacity(completions.len());
         for completion in completions {
             results.push(self.complete(completion).await);
         }
         Ok(results)
-    }
-
-    /// Records several completions and, in the same round, claims the next jobs for the runners
-    /// that finished them: one transaction per batch on the durable stores.
-    async fn complete_and_claim(
-        &self,
-        completions: Vec<Completion>,
-        next: Option<&ClaimRequest>,
-    ) -> Result<(Vec<Result<Job>>, Vec<Job>)> {
-        let results = self.complete_many(completions).await?;
-        let claimed = match next {
-            Some(request) => self.claim(request).await?,
-            None => Vec::new(),
-        };
-        Ok((results, claimed))
     }
 
     /// Asks for a job to be cancelled: a `scheduled` job ends `cancelled` at once, an executing

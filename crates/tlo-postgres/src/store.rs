@@ -236,37 +236,16 @@ impl Store for PostgresStore {
     }
 
     async fn complete_many(&self, completions: Vec<Completion>) -> Result<Vec<Result<Job>>> {
-        self.complete_and_claim(completions, None)
-            .await
-            .map(|(results, _)| results)
-    }
-
-    async fn complete_and_claim(
-        &self,
-        completions: Vec<Completion>,
-        next: Option<&ClaimRequest>,
-    ) -> Result<(Vec<Result<Job>>, Vec<Job>)> {
         let tx = Pipelined::new(self.client().await?);
         let ids: Vec<Uuid> = completions.iter().map(|c| c.id.0).collect();
-        let claim = async {
-            match next {
-                Some(request) => self.claim_in(tx.db(), request).await,
-                None => Ok(Vec::new()),
-            }
-        };
-        // Independent (the claim skips locked rows and takes only scheduled ones, the lock
-        // only running ones): sent together with the BEGIN, they cost one round trip.
-        let ((), rows, claimed) =
-            tokio::try_join!(tx.begin(), self.lock_rows(tx.db(), &ids), claim)?;
+        let ((), rows) = tokio::try_join!(tx.begin(), self.lock_rows(tx.db(), &ids))?;
         let mut locked = Locked::new(rows)?;
         let results = completions
             .iter()
             .map(|completion| locked.apply(completion.id, |job| apply_completion(job, completion)))
             .collect::<Vec<Result<Job>>>();
-        let mut writes = locked.into_writes();
-        writes.extend(claimed.iter().cloned());
-        self.save_and_commit(tx, &writes).await?;
-        Ok((results, claimed))
+        self.save_and_commit(tx, &locked.into_writes()).await?;
+        Ok(results)
     }
 
     async fn complete(&self, completion: Completion) -> Result<Job> {

