@@ -355,8 +355,11 @@ impl Engine {
         }
         if self.events.has_listeners() {
             for result in enqueued.iter().filter(|e| e.inserted) {
-                if let Some(job) = self.store.get(result.id).await? {
-                    self.publish(&job, || JobEventKind::Enqueued);
+                // Not fatal: the jobs are stored (and some claimed into reserved slots).
+                match self.store.get(result.id).await {
+                    Ok(Some(job)) => self.publish(&job, || JobEventKind::Enqueued),
+                    Ok(None) => {}
+                    Err(err) => tracing::warn!(job = %result.id, error = %err, "no enqueued event"),
                 }
             }
         }
