@@ -36,31 +36,38 @@ fn peak_tracker(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_concurrency_limit_holds() {
-    let tlo = tlo_with(fast().concurrency(3));
-    let (task, peak) = peak_tracker(&tlo, "t", TaskOptions::new());
-    let ids = tlo.submit_batch(&task, vec![(); 12]).await.unwrap();
-    tlo.start().unwrap();
-    for id in ids {
-        tlo.handle::<()>(id).wait().await.unwrap();
+    let settings = || fast().concurrency(3);
+    for tlo in [tlo_with(settings()), sqlite_tlo(settings(), "global_limit")] {
+        let (task, peak) = peak_tracker(&tlo, "t", TaskOptions::new());
+        let ids = tlo.submit_batch(&task, vec![(); 12]).await.unwrap();
+        tlo.start().unwrap();
+        for id in ids {
+            tlo.handle::<()>(id).wait().await.unwrap();
+        }
+        assert_eq!(peak.load(Ordering::SeqCst), 3, "{}", tlo.store().name());
+        tlo.stop().await.unwrap();
     }
-    assert_eq!(peak.load(Ordering::SeqCst), 3);
-    tlo.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_queue_limit_holds_while_other_queues_proceed() {
-    let tlo = tlo_with(fast().concurrency(8).queue_concurrency("slow", 1));
-    let (slow, slow_peak) = peak_tracker(&tlo, "slow", TaskOptions::new().queue("slow"));
-    let (fast_task, fast_peak) = peak_tracker(&tlo, "fast", TaskOptions::new());
-    let mut ids = tlo.submit_batch(&slow, vec![(); 4]).await.unwrap();
-    ids.extend(tlo.submit_batch(&fast_task, vec![(); 4]).await.unwrap());
-    tlo.start().unwrap();
-    for id in ids {
-        tlo.handle::<()>(id).wait().await.unwrap();
+    let settings = || fast().concurrency(8).queue_concurrency("slow", 1);
+    for tlo in [tlo_with(settings()), sqlite_tlo(settings(), "queue_limit")] {
+        let store = tlo.store().name();
+        let (slow, slow_peak) = peak_tracker(&tlo, "slow", TaskOptions::new().queue("slow"));
+        let (fast_task, fast_peak) = peak_tracker(&tlo, "fast", TaskOptions::new());
+        let mut ids = tlo.submit_batch(&slow, vec![(); 4]).await.unwrap();
+        ids.extend(tlo.submit_batch(&fast_task, vec![(); 4]).await.unwrap());
+        tlo.start().unwrap();
+        // Submitted while running too: claims made with the submit obey the limit as well.
+        ids.extend(tlo.submit_batch(&slow, vec![(); 4]).await.unwrap());
+        for id in ids {
+            tlo.handle::<()>(id).wait().await.unwrap();
+        }
+        assert_eq!(slow_peak.load(Ordering::SeqCst), 1, "{store}");
+        assert!(fast_peak.load(Ordering::SeqCst) > 1, "{store}");
+        tlo.stop().await.unwrap();
     }
-    assert_eq!(slow_peak.load(Ordering::SeqCst), 1);
-    assert!(fast_peak.load(Ordering::SeqCst) > 1);
-    tlo.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +127,12 @@ async fn timeout_kills_a_subprocess() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_with_backoff_keep_every_attempts_error() {
-    let tlo = tlo();
+    for tlo in [tlo(), sqlite_tlo(fast(), "retries")] {
+        retries_with_backoff_on(tlo).await;
+    }
+}
+
+async fn retries_with_backoff_on(tlo: tlo::Tlo) {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
     let t = tlo

@@ -95,3 +95,15 @@ pub async fn states_when_a_stop_returns(
     }
     counts
 }
+
+/// An orchestrator with `settings` on a fresh SQLite file named after `name` (in the temporary
+/// directory, per process): the shared-store paths (batched outcomes and claims).
+pub fn sqlite_tlo(settings: SettingsBuilder, name: &str) -> Tlo {
+    let dir = std::env::temp_dir().join(format!("tlo-tests-{}", std::process::id()));
+    let path = dir.join(format!("{name}.db"));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let store = tlo::SqliteStore::open(path).expect("open SQLite");
+    build(Tlo::builder().settings(settings).store(store))
+}
