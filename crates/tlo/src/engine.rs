@@ -325,9 +325,10 @@ impl Engine {
         let now = Utc::now();
         let due = jobs.iter().filter(|job| job.eta <= now).count();
         let tasks: Vec<String> = jobs.iter().map(|job| job.task.clone()).collect();
+        let ready = due > 0 && self.started.load(Ordering::Acquire) && !self.is_stopping();
         // A due job and a free slot: claimed with the enqueue (one round trip on a database
-        // server), no hand-off to the dispatcher.
-        let reserved = if due > 0 && self.started.load(Ordering::Acquire) && !self.is_stopping() {
+        // server), no hand-off to the dispatcher. Per-queue limits take the careful path below.
+        let reserved = if ready && self.settings.queue_concurrency.is_empty() {
             self.reserve(due.min(crate::worker::CLAIM_BATCH))
         } else {
             0
@@ -364,10 +365,15 @@ impl Engine {
             }
         }
         let started = match claimed {
-            Some(claimed) => self.start_claimed(reserved, claimed),
-            None if due > 0 && self.started.load(Ordering::Acquire) && !self.is_stopping() => {
-                self.fill_slots(due).await
+            Some(claimed) => {
+                let jobs = claimed.unwrap_or_else(|err| {
+                    tracing::warn!(error = %err, "claiming with the enqueue failed; will retry");
+                    Vec::new()
+                });
+                self.note_claimed(&jobs);
+                self.start_claimed(reserved, jobs)
             }
+            None if ready => self.fill_slots(due).await,
             None => 0,
         };
         if started < due || due == 0 {

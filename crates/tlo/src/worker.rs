@@ -57,14 +57,6 @@ impl Engine {
         }
     }
 
-    /// Claims up to `slots` due jobs for slots already reserved; returns them with any unused
-    /// reservations given back.
-    pub(crate) async fn claim_reserved(&self, slots: usize) -> Vec<Job> {
-        let jobs = self.claim(slots).await;
-        self.unreserve(slots - jobs.len());
-        jobs
-    }
-
     /// The instant claims compare etas with, or `None` when no claim may be made (stopping).
     fn claim_now(&self) -> Option<DateTime<Utc>> {
         match self.stop_mode() {
@@ -149,19 +141,9 @@ impl Engine {
         self.claim_request(slots, None)
     }
 
-    /// Starts runners for jobs claimed into `reserved` slots (made with
-    /// [`Engine::plain_claim_request`]); gives back the slots left over. Returns how many
-    /// started.
-    pub(crate) fn start_claimed(
-        self: &Arc<Self>,
-        reserved: usize,
-        claimed: tlo_core::Result<Vec<Job>>,
-    ) -> usize {
-        let jobs = claimed.unwrap_or_else(|err| {
-            tracing::warn!(error = %err, "claiming jobs failed; will retry");
-            Vec::new()
-        });
-        self.note_claimed(&jobs);
+    /// Starts runners for `jobs`, claimed into `reserved` slots; gives back the slots left
+    /// over. Returns how many started.
+    pub(crate) fn start_claimed(self: &Arc<Self>, reserved: usize, jobs: Vec<Job>) -> usize {
         self.unreserve(reserved - jobs.len());
         let started = jobs.len();
         for job in jobs {
@@ -171,7 +153,7 @@ impl Engine {
     }
 
     /// Bookkeeping after a claim.
-    fn note_claimed(&self, jobs: &[Job]) {
+    pub(crate) fn note_claimed(&self, jobs: &[Job]) {
         if !self.drain_snoozed.lock().is_empty() {
             let mut snoozed = self.drain_snoozed.lock();
             for job in jobs {
@@ -195,12 +177,8 @@ impl Engine {
         if reserved == 0 {
             return 0;
         }
-        let jobs = self.claim_reserved(reserved).await;
-        let started = jobs.len();
-        for job in jobs {
-            tokio::spawn(run_loop(self.clone(), job));
-        }
-        started
+        let jobs = self.claim(reserved).await;
+        self.start_claimed(reserved, jobs)
     }
 }
 

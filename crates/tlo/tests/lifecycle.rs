@@ -137,15 +137,7 @@ async fn a_stop_on_sqlite_returns_once_every_outcome_is_recorded() {
                 .settings(fast().concurrency(16))
                 .store(sqlite),
         );
-        let counts = states_when_a_stop_returns(&tlo, behavior).await;
-        assert_eq!(
-            counts.get(&JobState::Running),
-            None,
-            "{behavior:?}: {counts:?}"
-        );
-        if behavior == StopBehavior::Drain {
-            assert_eq!(counts.get(&JobState::Done), Some(&3000), "{counts:?}");
-        }
+        assert_a_stop_records_every_outcome(&tlo, behavior).await;
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -193,15 +193,7 @@ async fn a_stop_returns_once_every_outcome_is_recorded() {
     for behavior in [StopBehavior::Drain, StopBehavior::Ignore] {
         let schema = schema(&format!("stop_outcomes_{behavior:?}").to_lowercase());
         let tlo = worker(&schema, "a", fast().concurrency(16)).await;
-        let counts = states_when_a_stop_returns(&tlo, behavior).await;
-        assert_eq!(
-            counts.get(&JobState::Running),
-            None,
-            "{behavior:?}: {counts:?}"
-        );
-        if behavior == StopBehavior::Drain {
-            assert_eq!(counts.get(&JobState::Done), Some(&3000), "{counts:?}");
-        }
+        assert_a_stop_records_every_outcome(&tlo, behavior).await;
         store(&schema).await.drop_schema().await.unwrap();
     }
 }

@@ -66,13 +66,11 @@ pub async fn force_a_stop(tlo: &Tlo, behavior: StopBehavior, patience: Duration)
     was_waiting
 }
 
-/// Starts `tlo` on 3,000 no-op jobs, stops it with `behavior` mid-stream, and returns how many
-/// jobs each state held the moment the stop returned. On the durable stores a runner hands its
-/// outcome over and goes on: the stop must still wait until every outcome is recorded.
-pub async fn states_when_a_stop_returns(
-    tlo: &Tlo,
-    behavior: StopBehavior,
-) -> std::collections::BTreeMap<tlo::JobState, usize> {
+/// Starts `tlo` on 3,000 no-op jobs, stops it with `behavior` mid-stream, and checks the jobs
+/// the moment the stop returned: none left `running` (a Drain: all done). On the durable stores
+/// a runner hands its outcome over and goes on: the stop must still wait until every outcome
+/// is recorded.
+pub async fn assert_a_stop_records_every_outcome(tlo: &Tlo, behavior: StopBehavior) {
     let noop = tlo
         .register("noop", tlo::TaskOptions::new(), |_ctx, _: ()| async {
             Ok::<_, String>(())
@@ -89,11 +87,23 @@ pub async fn states_when_a_stop_returns(
     })
     .await;
     tlo.stop_with(behavior).await.unwrap();
-    let mut counts = std::collections::BTreeMap::new();
+    let mut counts = std::collections::BTreeMap::<tlo::JobState, usize>::new();
     for job in tlo.jobs(&tlo::JobFilter::default()).await.unwrap() {
         *counts.entry(job.state).or_default() += 1;
     }
-    counts
+    let store = tlo.store().name();
+    assert_eq!(
+        counts.get(&tlo::JobState::Running),
+        None,
+        "{store} {behavior:?}: {counts:?}"
+    );
+    if behavior == StopBehavior::Drain {
+        assert_eq!(
+            counts.get(&tlo::JobState::Done),
+            Some(&3000),
+            "{store}: {counts:?}"
+        );
+    }
 }
 
 /// An orchestrator with `settings` on a fresh SQLite file named after `name` (in the temporary
