@@ -52,6 +52,7 @@ macro_rules! store_conformance {
             renew_leases_reports_states,
             rescue_expired_leases,
             progress_is_fenced,
+            completion_keeps_writes_made_after_the_claim,
             logs_in_order,
             list_filters_and_order,
             count_due_and_next_eta,

@@ -6,6 +6,7 @@
 //!
 //! Applications use the `tlo` crate; this crate is for store and locker implementers.
 
+pub mod claimed;
 mod error;
 mod job;
 mod locker;

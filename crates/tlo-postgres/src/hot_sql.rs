@@ -8,6 +8,7 @@ pub(crate) struct HotSql {
     pub(crate) next_eta: String,
     pub(crate) claim: String,
     pub(crate) save: String,
+    pub(crate) save_claimed: String,
     pub(crate) lock_many: String,
     pub(crate) lock_one: String,
 }
@@ -77,21 +78,40 @@ impl HotSql {
             // Writing back and, when a job is `scheduled` again, waking the workers: one
             // statement, so that it can travel with the COMMIT after it.
             save: format!(
-                "WITH saved AS (
-                     UPDATE {jobs} AS j SET state = u.state, queue = u.queue,
-                         priority = u.priority, eta = u.eta, worker = u.worker,
-                         lease_until = u.lease_until, finished_at = u.finished_at, data = u.data
-                     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int8[],
-                         $6::text[], $7::int8[], $8::int8[], $9::json[])
-                         AS u(id, state, queue, priority, eta, worker, lease_until, finished_at,
-                              data)
-                     WHERE j.id = u.id
-                     RETURNING u.state)
-                 SELECT pg_notify($10, '') WHERE EXISTS (SELECT FROM saved WHERE state = 'scheduled')"
+                "WITH saved AS ({update} WHERE j.id = u.id RETURNING u.state)
+                 SELECT pg_notify($10, '') WHERE EXISTS (SELECT FROM saved WHERE state = 'scheduled')",
+                update = write_back(&jobs, &[])
+            ),
+            // `save` for completions prepared from this process's claims: each row is written
+            // only if its document is still the one the claim wrote (`json` keeps the text as
+            // sent), and the ids written come back. One statement, its own transaction.
+            save_claimed: format!(
+                "WITH saved AS ({update} WHERE j.id = u.id AND j.data::text = u.written
+                                 RETURNING j.id, u.state)
+                 SELECT id FROM saved
+                 UNION ALL
+                 SELECT NULL FROM (SELECT pg_notify($10, '')
+                     WHERE EXISTS (SELECT FROM saved WHERE state = 'scheduled')) AS woken",
+                update = write_back(&jobs, &[("$11::text[]", "written")])
             ),
             // In id order, so that concurrent batches lock rows in the same order.
             lock_many: format!("SELECT data FROM {jobs} WHERE id = ANY($1) ORDER BY id FOR UPDATE"),
             lock_one: format!("SELECT data FROM {jobs} WHERE id = $1 FOR UPDATE"),
         }
     }
+}
+
+/// `UPDATE jobs ... FROM unnest(...) AS u(...)` writing back the columns and document given in
+/// parameters `$1`-`$9`, with `more` arrays unnested beside them: (parameter, name in `u`).
+fn write_back(jobs: &str, more: &[(&str, &str)]) -> String {
+    let arrays: String = more.iter().map(|(param, _)| format!(", {param}")).collect();
+    let names: String = more.iter().map(|(_, name)| format!(", {name}")).collect();
+    format!(
+        "UPDATE {jobs} AS j SET state = u.state, queue = u.queue, priority = u.priority,
+             eta = u.eta, worker = u.worker, lease_until = u.lease_until,
+             finished_at = u.finished_at, data = u.data::json
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int8[], $6::text[],
+             $7::int8[], $8::int8[], $9::text[]{arrays})
+             AS u(id, state, queue, priority, eta, worker, lease_until, finished_at, data{names})"
+    )
 }

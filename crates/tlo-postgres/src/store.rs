@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{GenericClient as _, Object, Pool};
+use tlo_core::claimed::{ClaimedDocs, Prepared};
 use tlo_core::transition::{
-    Change, apply_acknowledge_cancel, apply_cancel_request, apply_change, apply_completion,
-    apply_progress, apply_relaunch, apply_rescue, check_prunable,
+    Change, apply_acknowledge_cancel, apply_cancel_request, apply_change, apply_progress,
+    apply_relaunch, apply_rescue, check_prunable,
 };
 use tlo_core::{
     CancelOutcome, ClaimRequest, Completion, DateTime, Enqueued, Error, Job, JobFilter, JobId,
@@ -63,6 +64,8 @@ pub struct PostgresStore {
     pub(crate) schema: Arc<str>,
     pub(crate) url: Arc<str>,
     pub(crate) sql: Arc<HotSql>,
+    /// This process's claims, so that completions are prepared before they are sent.
+    pub(crate) claimed: Arc<ClaimedDocs>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -100,6 +103,7 @@ impl PostgresStore {
             sql: Arc::new(HotSql::new(&options.schema)),
             schema: options.schema.into(),
             url: url.into(),
+            claimed: Arc::default(),
         };
         let mut client = store.client().await?;
         if options.migrate {
@@ -205,8 +209,8 @@ impl Store for PostgresStore {
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Job>> {
         let tx = Pipelined::new(self.client().await?);
         let claimed = self.begin_claim(&tx, request).await?;
-        self.save_and_commit(tx, &claimed).await?;
-        Ok(claimed)
+        let written = self.save_and_commit(tx, &claimed).await?;
+        Ok(self.remember(claimed, written))
     }
 
     async fn enqueue_and_claim(
@@ -229,30 +233,58 @@ impl Store for PostgresStore {
         );
         let enqueued = enqueued?;
         let claimed = match claimed {
-            Ok(claimed) => self.save_and_commit(tx, &claimed).await.map(|()| claimed),
+            Ok(claimed) => self
+                .save_and_commit(tx, &claimed)
+                .await
+                .map(|written| self.remember(claimed, written)),
             Err(err) => Err(err),
         };
         Ok((enqueued, claimed))
     }
 
     async fn complete_many(&self, completions: Vec<Completion>) -> Result<Vec<Result<Job>>> {
-        let tx = Pipelined::new(self.client().await?);
-        let ids: Vec<Uuid> = completions.iter().map(|c| c.id.0).collect();
-        let ((), rows) = tokio::try_join!(tx.begin(), self.lock_rows(tx.db(), &ids))?;
-        let mut locked = Locked::new(rows)?;
-        let results = completions
-            .iter()
-            .map(|completion| locked.apply(completion.id, |job| apply_completion(job, completion)))
-            .collect::<Vec<Result<Job>>>();
-        self.save_and_commit(tx, &locked.into_writes()).await?;
-        Ok(results)
+        // Completions of this process's claims are applied here and written in one statement,
+        // each only where nothing else wrote the job since its claim; the rest (and any such
+        // job written meanwhile) take the locking path.
+        let mut results: Vec<Option<Result<Job>>> = Vec::with_capacity(completions.len());
+        let mut prepared = Vec::new();
+        for completion in &completions {
+            results.push(None);
+            if let Some(ready) = self.claimed.prepare(completion) {
+                prepared.push((results.len() - 1, ready));
+            }
+        }
+        if !prepared.is_empty() {
+            // In id order, as every batch locks rows, so that concurrent batches never deadlock.
+            prepared.sort_by_key(|(_, ready)| ready.job.id.0);
+            let ready: Vec<Prepared> = prepared.iter().map(|(_, ready)| ready.clone()).collect();
+            let client = self.client().await?;
+            let written = self.save_claimed(&client, &ready).await?;
+            for ((at, _), ready) in prepared.into_iter().zip(ready) {
+                if written.contains(&ready.job.id.0) {
+                    results[at] = Some(Ok(ready.job));
+                }
+            }
+        }
+        let rest: Vec<(usize, Completion)> = completions
+            .into_iter()
+            .enumerate()
+            .filter(|(at, _)| results[*at].is_none())
+            .collect();
+        if !rest.is_empty() {
+            let (places, rest): (Vec<usize>, Vec<Completion>) = rest.into_iter().unzip();
+            for (at, result) in places.into_iter().zip(self.complete_locked(rest).await?) {
+                results[at] = Some(result);
+            }
+        }
+        Ok(results.into_iter().flatten().collect())
     }
 
     async fn complete(&self, completion: Completion) -> Result<Job> {
-        let id = completion.id;
-        self.modify(id, |job| apply_completion(job, &completion))
-            .await
-            .map(|(_, job)| job)
+        self.complete_many(vec![completion])
+            .await?
+            .pop()
+            .expect("one result per completion")
     }
 
     async fn change(&self, id: JobId, change: Change) -> Result<Job> {

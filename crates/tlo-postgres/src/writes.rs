@@ -2,8 +2,9 @@
 //! saves, locked read-modify-write, and claims.
 
 use deadpool_postgres::{GenericClient as PooledClient, Transaction as DbTransaction};
-use tlo_core::transition::{apply_claim, claim_order};
-use tlo_core::{ClaimRequest, Enqueued, Error, Job, JobId, NewJob, Result, Utc};
+use tlo_core::claimed::Prepared;
+use tlo_core::transition::{apply_claim, apply_completion, claim_order};
+use tlo_core::{ClaimRequest, Completion, Enqueued, Error, Job, JobId, NewJob, Result, Utc};
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::{Json, ToSql};
 use uuid::Uuid;
@@ -93,11 +94,12 @@ impl PostgresStore {
             return Ok(());
         }
         let statement = db.prepare_cached(&self.sql.save).await.map_err(db_error)?;
-        self.save_prepared(db, &statement, jobs).await
+        self.save_prepared(db, &statement, jobs).await.map(drop)
     }
 
-    /// Writes back `jobs` and commits `tx`, in one round trip.
-    pub(crate) async fn save_and_commit(&self, tx: Pipelined, jobs: &[Job]) -> Result<()> {
+    /// Writes back `jobs` and commits `tx`, in one round trip; returns the documents written,
+    /// in the order of `jobs`.
+    pub(crate) async fn save_and_commit(&self, tx: Pipelined, jobs: &[Job]) -> Result<Vec<String>> {
         // Prepared before the join: a statement still being prepared when the COMMIT goes out
         // would run after it, outside the transaction (and after its row locks are gone).
         let statement = tx
@@ -105,49 +107,87 @@ impl PostgresStore {
             .prepare_cached(&self.sql.save)
             .await
             .map_err(db_error)?;
-        tokio::try_join!(self.save_prepared(tx.db(), &statement, jobs), tx.commit())?;
+        let (written, ()) =
+            tokio::try_join!(self.save_prepared(tx.db(), &statement, jobs), tx.commit())?;
         tx.finish();
-        Ok(())
+        Ok(written)
     }
 
     /// [`PostgresStore::save`] with its statement prepared: the write is sent when the future
-    /// is first polled, before anything polled after it.
+    /// is first polled, before anything polled after it. Returns the documents written.
     async fn save_prepared<C: PooledClient>(
         &self,
         db: &C,
         statement: &tokio_postgres::Statement,
         jobs: &[Job],
-    ) -> Result<()> {
+    ) -> Result<Vec<String>> {
         if jobs.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let ids: Vec<Uuid> = jobs.iter().map(|j| j.id.0).collect();
-        let states: Vec<&str> = jobs.iter().map(|j| j.state.as_str()).collect();
-        let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
-        let priorities: Vec<i32> = jobs.iter().map(|j| j.priority).collect();
-        let etas: Vec<i64> = jobs.iter().map(|j| micros(j.eta)).collect();
-        let workers: Vec<Option<&str>> = jobs.iter().map(|j| j.worker.as_deref()).collect();
-        let leases: Vec<Option<i64>> = jobs.iter().map(|j| j.lease_until.map(micros)).collect();
-        let finished: Vec<Option<i64>> = jobs.iter().map(|j| j.finished_at.map(micros)).collect();
-        let data: Vec<Json<&Job>> = jobs.iter().map(Json).collect();
-        db.execute(
-            statement,
-            &[
-                &ids,
-                &states,
-                &queues,
-                &priorities,
-                &etas,
-                &workers,
-                &leases,
-                &finished,
-                &data,
-                &self.channel(),
-            ],
-        )
-        .await
-        .map_err(db_error)?;
-        Ok(())
+        let data = jobs
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(Error::Serialization)?;
+        let columns = Columns::of(jobs.iter());
+        let channel = self.channel();
+        let mut params = columns.params();
+        params.extend([&data as &(dyn ToSql + Sync), &channel]);
+        db.execute(statement, &params).await.map_err(db_error)?;
+        Ok(data)
+    }
+
+    /// Writes completions prepared from this process's claims, each only if its row still holds
+    /// the document the claim wrote, in one statement; returns the ids written.
+    pub(crate) async fn save_claimed<C: PooledClient>(
+        &self,
+        db: &C,
+        prepared: &[Prepared],
+    ) -> Result<std::collections::HashSet<Uuid>> {
+        if prepared.is_empty() {
+            return Ok(Default::default());
+        }
+        let statement = db
+            .prepare_cached(&self.sql.save_claimed)
+            .await
+            .map_err(db_error)?;
+        let columns = Columns::of(prepared.iter().map(|p| &p.job));
+        let data: Vec<&str> = prepared.iter().map(|p| p.encoded.as_str()).collect();
+        let written: Vec<&str> = prepared.iter().map(|p| p.written.as_str()).collect();
+        let channel = self.channel();
+        let mut params = columns.params();
+        params.extend([&data as &(dyn ToSql + Sync), &channel, &written]);
+        let rows = db.query(&statement, &params).await.map_err(db_error)?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| row.get::<_, Option<Uuid>>(0))
+            .collect())
+    }
+
+    /// Remembers the documents `written` for the jobs just `claimed`; returns the jobs.
+    pub(crate) fn remember(&self, claimed: Vec<Job>, written: Vec<String>) -> Vec<Job> {
+        for (job, written) in claimed.iter().zip(written) {
+            self.claimed.remember(job, written);
+        }
+        claimed
+    }
+
+    /// Records `completions` on their locked rows, in one transaction, each applied or refused
+    /// alone.
+    pub(crate) async fn complete_locked(
+        &self,
+        completions: Vec<Completion>,
+    ) -> Result<Vec<Result<Job>>> {
+        let tx = Pipelined::new(self.client().await?);
+        let ids: Vec<Uuid> = completions.iter().map(|c| c.id.0).collect();
+        let ((), rows) = tokio::try_join!(tx.begin(), self.lock_rows(tx.db(), &ids))?;
+        let mut locked = Locked::new(rows)?;
+        let results = completions
+            .iter()
+            .map(|completion| locked.apply(completion.id, |job| apply_completion(job, completion)))
+            .collect::<Vec<Result<Job>>>();
+        self.save_and_commit(tx, &locked.into_writes()).await?;
+        Ok(results)
     }
 
     /// Locks the rows of `ids` in `tx` (in id order, so that concurrent batches never
@@ -261,6 +301,58 @@ impl PostgresStore {
         .map_err(db_error)?
         .map(drop)
         .ok_or(Error::JobNotFound(id))
+    }
+}
+
+/// The indexed columns of jobs being written back, one array per column, in the order of the
+/// `save` statements' first eight parameters.
+struct Columns<'a> {
+    ids: Vec<Uuid>,
+    states: Vec<&'a str>,
+    queues: Vec<&'a str>,
+    priorities: Vec<i32>,
+    etas: Vec<i64>,
+    workers: Vec<Option<&'a str>>,
+    leases: Vec<Option<i64>>,
+    finished: Vec<Option<i64>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(jobs: impl Iterator<Item = &'a Job>) -> Columns<'a> {
+        let mut columns = Columns {
+            ids: Vec::new(),
+            states: Vec::new(),
+            queues: Vec::new(),
+            priorities: Vec::new(),
+            etas: Vec::new(),
+            workers: Vec::new(),
+            leases: Vec::new(),
+            finished: Vec::new(),
+        };
+        for job in jobs {
+            columns.ids.push(job.id.0);
+            columns.states.push(job.state.as_str());
+            columns.queues.push(job.queue.as_str());
+            columns.priorities.push(job.priority);
+            columns.etas.push(micros(job.eta));
+            columns.workers.push(job.worker.as_deref());
+            columns.leases.push(job.lease_until.map(micros));
+            columns.finished.push(job.finished_at.map(micros));
+        }
+        columns
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.ids,
+            &self.states,
+            &self.queues,
+            &self.priorities,
+            &self.etas,
+            &self.workers,
+            &self.leases,
+            &self.finished,
+        ]
     }
 }
 

@@ -2,6 +2,7 @@
 //! connection thread.
 
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use tlo_core::claimed::Prepared;
 use tlo_core::transition::{apply_claim, claim_order};
 use tlo_core::{ClaimRequest, DateTime, Error, Job, JobId, Result, Utc};
 
@@ -42,24 +43,54 @@ pub(crate) fn require(conn: &Connection, id: JobId) -> Result<Job> {
 
 pub(crate) fn save(conn: &Connection, job: &Job) -> Result<()> {
     let data = serde_json::to_string(job).map_err(json_error)?;
-    conn.prepare_cached(
-        // Queue and priority never change after insert: leaving them out spares index writes.
-        "UPDATE jobs SET state = ?2, eta = ?3, worker = ?4, lease_until = ?5, data = ?6,
-             finished_at = ?7 WHERE id = ?1",
-    )
-    .and_then(|mut stmt| {
-        stmt.execute(params![
-            job.id.0.as_bytes(),
-            job.state.as_str(),
-            micros(job.eta),
-            job.worker,
-            job.lease_until.map(micros),
-            data,
-            job.finished_at.map(micros),
-        ])
-    })
-    .map_err(store_error)?;
-    Ok(())
+    write(conn, job, &data)
+}
+
+/// Writes `job`, encoded as `data`.
+fn write(conn: &Connection, job: &Job, data: &str) -> Result<()> {
+    write_where(conn, job, data, None).map(drop)
+}
+
+/// Writes a completion prepared off the connection thread, if the stored job is still the one
+/// its claim wrote; `false` (and nothing written) when something else wrote it since.
+pub(crate) fn save_prepared(conn: &Connection, prepared: &Prepared) -> Result<bool> {
+    let written = Some(prepared.written.as_str());
+    write_where(conn, &prepared.job, &prepared.encoded, written).map(|rows| rows == 1)
+}
+
+/// Writes `job` as `data`, where the stored document is `written` if given; returns the rows
+/// written.
+fn write_where(conn: &Connection, job: &Job, data: &str, written: Option<&str>) -> Result<usize> {
+    // Queue and priority never change after insert: leaving them out spares index writes.
+    let sql = match written {
+        None => {
+            "UPDATE jobs SET state = ?2, eta = ?3, worker = ?4, lease_until = ?5, data = ?6,
+                 finished_at = ?7 WHERE id = ?1"
+        }
+        Some(_) => {
+            "UPDATE jobs SET state = ?2, eta = ?3, worker = ?4, lease_until = ?5, data = ?6,
+                 finished_at = ?7 WHERE id = ?1 AND data = ?8"
+        }
+    };
+    let mut stmt = conn.prepare_cached(sql).map_err(store_error)?;
+    let columns = params![
+        job.id.0.as_bytes(),
+        job.state.as_str(),
+        micros(job.eta),
+        job.worker,
+        job.lease_until.map(micros),
+        data,
+        job.finished_at.map(micros),
+    ];
+    match written {
+        None => stmt.execute(columns),
+        Some(written) => {
+            let mut all = columns.to_vec();
+            all.push(&written);
+            stmt.execute(all.as_slice())
+        }
+    }
+    .map_err(store_error)
 }
 
 pub(crate) fn insert(conn: &Connection, job: &Job) -> Result<()> {
@@ -152,7 +183,9 @@ pub(crate) fn next_priority(
 /// Each queue is read one priority at a time, every read a range of the `jobs_due` index that
 /// ends at the first job not yet due: jobs waiting for a later eta (delayed jobs, workflow nodes
 /// waiting for their dependencies) are never stepped over, however many there are.
-pub(crate) fn claim_in(conn: &Connection, request: &ClaimRequest) -> Result<Vec<Job>> {
+///
+/// Returns each claimed job with the document written for it.
+pub(crate) fn claim_in(conn: &Connection, request: &ClaimRequest) -> Result<Vec<(Job, String)>> {
     let now = micros(request.now);
     let mut candidates: Vec<(i64, Job)> = Vec::new();
     let mut stmt = conn
@@ -188,8 +221,9 @@ pub(crate) fn claim_in(conn: &Connection, request: &ClaimRequest) -> Result<Vec<
     let mut claimed = Vec::with_capacity(candidates.len());
     for (_, mut job) in candidates {
         apply_claim(&mut job, &request.worker, request.now, request.lease)?;
-        save(conn, &job)?;
-        claimed.push(job);
+        let data = serde_json::to_string(&job).map_err(json_error)?;
+        write(conn, &job, &data)?;
+        claimed.push((job, data));
     }
     Ok(claimed)
 }

@@ -5,8 +5,10 @@
 //! writes it back inside the batch transaction, so SQLite behaves exactly as the other stores.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use tlo_core::claimed::{ClaimedDocs, Prepared};
 use tlo_core::transition::{
     Change, apply_acknowledge_cancel, apply_cancel_request, apply_change, apply_completion,
     apply_progress, apply_relaunch, apply_rescue, check_prunable,
@@ -19,7 +21,7 @@ use tlo_core::{
 use crate::conn::{Conn, store_error};
 use crate::rows::{
     claim_in, id_of, insert, json_error, load, load_many, micros, next_priority, placeholders,
-    require, save, text_values,
+    require, save, save_prepared, text_values,
 };
 use crate::schema;
 
@@ -40,6 +42,8 @@ use crate::schema;
 pub struct SqliteStore {
     conn: Conn,
     path: PathBuf,
+    /// This process's claims, so that completions are prepared off the connection thread.
+    claimed: Arc<ClaimedDocs>,
 }
 
 /// Applies `change` to job `id` and writes it back (nothing, when refused).
@@ -48,6 +52,21 @@ fn change_in(conn: &Connection, id: JobId, change: &Change, now: DateTime<Utc>) 
     apply_change(&mut job, change, now)?;
     save(conn, &job)?;
     Ok(job)
+}
+
+/// Records `completion`, prepared off the connection thread when this process claimed the job
+/// and nothing else wrote it since; else on the stored job.
+fn complete_prepared(
+    conn: &Connection,
+    completion: &Completion,
+    prepared: Option<Prepared>,
+) -> Result<Job> {
+    if let Some(prepared) = prepared {
+        if save_prepared(conn, &prepared)? {
+            return Ok(prepared.job);
+        }
+    }
+    complete_in(conn, completion)
 }
 
 /// Records `completion` (nothing, when refused).
@@ -67,7 +86,11 @@ impl SqliteStore {
                 .map_err(|err| store_error(format!("cannot create {}: {err}", dir.display())))?;
         }
         let conn = Conn::open(&path, schema::migrate)?;
-        Ok(SqliteStore { conn, path })
+        Ok(SqliteStore {
+            conn,
+            path,
+            claimed: Arc::default(),
+        })
     }
 
     /// Opens the store named by a URL: `sqlite://relative/or/absolute.db`, `sqlite:file.db`,
@@ -135,18 +158,40 @@ impl Store for SqliteStore {
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Job>> {
         let request = request.clone();
-        self.conn.call(move |conn| claim_in(conn, &request)).await
+        let claimed = self.conn.call(move |conn| claim_in(conn, &request)).await?;
+        Ok(claimed
+            .into_iter()
+            .map(|(job, written)| {
+                self.claimed.remember(&job, written);
+                job
+            })
+            .collect())
     }
 
     async fn complete_many(&self, completions: Vec<Completion>) -> Result<Vec<Result<Job>>> {
+        // Decoding, applying and encoding here, on the caller's thread, leaves the connection
+        // thread (every process's one writer) only the conditional write.
+        let prepared: Vec<_> = completions
+            .into_iter()
+            .map(|completion| {
+                let prepared = self.claimed.prepare(&completion);
+                (completion, prepared)
+            })
+            .collect();
         self.conn
-            .call(move |conn| Ok(completions.iter().map(|c| complete_in(conn, c)).collect()))
+            .call(move |conn| {
+                Ok(prepared
+                    .into_iter()
+                    .map(|(completion, prepared)| complete_prepared(conn, &completion, prepared))
+                    .collect())
+            })
             .await
     }
 
     async fn complete(&self, completion: Completion) -> Result<Job> {
+        let prepared = self.claimed.prepare(&completion);
         self.conn
-            .call(move |conn| complete_in(conn, &completion))
+            .call(move |conn| complete_prepared(conn, &completion, prepared))
             .await
     }
 

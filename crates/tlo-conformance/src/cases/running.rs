@@ -76,6 +76,29 @@ pub async fn progress_is_fenced<S: Store>(store: Arc<S>) {
     ));
 }
 
+/// A completion keeps what was written after the claim (progress, a renewed lease): stores that
+/// prepare completions from their own claims must notice the job changed since.
+pub async fn completion_keeps_writes_made_after_the_claim<S: Store>(store: Arc<S>) {
+    let id = put(&*store, vec![job("t")]).await[0];
+    claim(&*store, 1).await;
+    let progress = Progress {
+        percent: Some(90.0),
+        message: Some("nearly".into()),
+    };
+    store.set_progress(id, 1, progress.clone()).await.unwrap();
+    let done = complete(&*store, id, 1, Outcome::Done(json!("ok")))
+        .await
+        .unwrap();
+    // Done completes a reported percentage; the message stays.
+    let ended = Progress {
+        percent: Some(100.0),
+        ..progress
+    };
+    assert_eq!(done.progress, ended);
+    let stored = store.get(id).await.unwrap().unwrap();
+    assert_eq!((stored.state, stored.progress), (JobState::Done, ended));
+}
+
 /// Log lines come back in order; an unknown job is not found.
 pub async fn logs_in_order<S: Store>(store: Arc<S>) {
     let id = put(&*store, vec![job("t")]).await[0];
