@@ -38,41 +38,43 @@ impl HotSql {
             // Levels are read lazily: once LIMIT rows are found, lower levels are not touched.
             // The earliest eta of each priority level is the first entry of its index range.
             next_eta: format!(
-                "WITH RECURSIVE levels(queue, priority) AS (
-                     SELECT q, (SELECT priority FROM {jobs}
-                                WHERE state = 'scheduled' AND queue = q
-                                ORDER BY priority DESC LIMIT 1)
-                     FROM unnest($1::text[]) AS q
+                "WITH RECURSIVE levels(queue, priority, eta, seq) AS (
+                     SELECT f.queue, f.priority, f.eta, f.seq FROM unnest($1::text[]) AS q
+                     CROSS JOIN LATERAL (
+                         SELECT queue, priority, eta, seq FROM {jobs}
+                         WHERE state = 'scheduled' AND queue = q
+                         ORDER BY priority DESC, eta, seq LIMIT 1) f
                      UNION ALL
-                     SELECT l.queue, (SELECT j.priority FROM {jobs} j
-                                      WHERE j.state = 'scheduled' AND j.queue = l.queue
-                                        AND j.priority < l.priority
-                                      ORDER BY j.priority DESC LIMIT 1)
-                     FROM levels l WHERE l.priority IS NOT NULL)
-                 SELECT MIN((SELECT j.eta FROM {jobs} j
-                             WHERE j.state = 'scheduled' AND j.queue = l.queue
-                               AND j.priority = l.priority
-                             ORDER BY j.eta LIMIT 1))
-                 FROM levels l WHERE l.priority IS NOT NULL"
+                     SELECT n.queue, n.priority, n.eta, n.seq FROM levels l
+                     CROSS JOIN LATERAL (
+                         SELECT j.queue, j.priority, j.eta, j.seq FROM {jobs} j
+                         WHERE j.state = 'scheduled' AND j.queue = l.queue
+                           AND j.priority < l.priority
+                         ORDER BY j.priority DESC, j.eta, j.seq LIMIT 1) n)
+                 SELECT MIN(eta) FROM levels"
             ),
+            // Each priority level is found by its first entry in `jobs_due` that this snapshot
+            // sees, and the claim of that level starts there: the index entries of jobs claimed
+            // since the last vacuum (dead, but still in the index) are stepped over once, not
+            // once to find the level and again to claim from it.
             claim: format!(
-                "WITH RECURSIVE levels(priority) AS (
-                     (SELECT priority FROM {jobs} WHERE state = 'scheduled' AND queue = $1
-                      ORDER BY priority DESC LIMIT 1)
+                "WITH RECURSIVE levels(priority, eta, seq) AS (
+                     (SELECT priority, eta, seq FROM {jobs}
+                      WHERE state = 'scheduled' AND queue = $1
+                      ORDER BY priority DESC, eta, seq LIMIT 1)
                      UNION ALL
-                     SELECT (SELECT j.priority FROM {jobs} j
-                             WHERE j.state = 'scheduled' AND j.queue = $1
-                               AND j.priority < l.priority
-                             ORDER BY j.priority DESC LIMIT 1)
-                     FROM levels l WHERE l.priority IS NOT NULL)
+                     SELECT n.priority, n.eta, n.seq FROM levels l
+                     CROSS JOIN LATERAL (
+                         SELECT j.priority, j.eta, j.seq FROM {jobs} j
+                         WHERE j.state = 'scheduled' AND j.queue = $1 AND j.priority < l.priority
+                         ORDER BY j.priority DESC, j.eta, j.seq LIMIT 1) n)
                  SELECT c.seq, c.data FROM levels l
                  CROSS JOIN LATERAL (
                      SELECT seq, data FROM {jobs} j
                      WHERE j.state = 'scheduled' AND j.queue = $1 AND j.priority = l.priority
-                       AND j.eta <= $2
+                       AND (j.eta, j.seq) >= (l.eta, l.seq) AND j.eta <= $2
                      ORDER BY j.eta, j.seq LIMIT $3
                      FOR UPDATE SKIP LOCKED) c
-                 WHERE l.priority IS NOT NULL
                  LIMIT $3"
             ),
             // Writing back and, when a job is `scheduled` again, waking the workers: one
