@@ -21,6 +21,7 @@ mod listen;
 mod locker;
 mod pipeline;
 mod pool;
+mod reads;
 mod schema;
 mod store;
 mod writes;

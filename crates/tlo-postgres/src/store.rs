@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{GenericClient as _, Object, Pool};
-use tlo_core::claimed::{ClaimedDocs, Prepared};
+use tlo_core::claimed::ClaimedDocs;
 use tlo_core::transition::{
     Change, apply_acknowledge_cancel, apply_cancel_request, apply_change, apply_progress,
     apply_relaunch, apply_rescue, check_prunable,
@@ -19,7 +19,7 @@ use tlo_core::{
     JobState, LogEntry, NewJob, Progress, Result, Store, Utc, async_trait,
 };
 use tokio_postgres::Transaction;
-use tokio_postgres::types::{Json, ToSql};
+use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use crate::hot_sql::HotSql;
@@ -243,41 +243,7 @@ impl Store for PostgresStore {
     }
 
     async fn complete_many(&self, completions: Vec<Completion>) -> Result<Vec<Result<Job>>> {
-        // Completions of this process's claims are applied here and written in one statement,
-        // each only where nothing else wrote the job since its claim; the rest (and any such
-        // job written meanwhile) take the locking path.
-        let mut results: Vec<Option<Result<Job>>> = Vec::with_capacity(completions.len());
-        let mut prepared = Vec::new();
-        for completion in &completions {
-            results.push(None);
-            if let Some(ready) = self.claimed.prepare(completion) {
-                prepared.push((results.len() - 1, ready));
-            }
-        }
-        if !prepared.is_empty() {
-            // In id order, as every batch locks rows, so that concurrent batches never deadlock.
-            prepared.sort_by_key(|(_, ready)| ready.job.id.0);
-            let ready: Vec<Prepared> = prepared.iter().map(|(_, ready)| ready.clone()).collect();
-            let client = self.client().await?;
-            let written = self.save_claimed(&client, &ready).await?;
-            for ((at, _), ready) in prepared.into_iter().zip(ready) {
-                if written.contains(&ready.job.id.0) {
-                    results[at] = Some(Ok(ready.job));
-                }
-            }
-        }
-        let rest: Vec<(usize, Completion)> = completions
-            .into_iter()
-            .enumerate()
-            .filter(|(at, _)| results[*at].is_none())
-            .collect();
-        if !rest.is_empty() {
-            let (places, rest): (Vec<usize>, Vec<Completion>) = rest.into_iter().unzip();
-            for (at, result) in places.into_iter().zip(self.complete_locked(rest).await?) {
-                results[at] = Some(result);
-            }
-        }
-        Ok(results.into_iter().flatten().collect())
+        self.record_completions(completions).await
     }
 
     async fn complete(&self, completion: Completion) -> Result<Job> {
@@ -422,120 +388,23 @@ impl Store for PostgresStore {
     }
 
     async fn logs(&self, id: JobId) -> Result<Vec<LogEntry>> {
-        let client = self.client().await?;
-        self.exists(&**client, id).await?;
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT data FROM {} WHERE job = $1 ORDER BY seq",
-                    self.t("job_logs")
-                ),
-                &[&id.0],
-            )
-            .await
-            .map_err(db_error)?;
-        rows.iter()
-            .map(|row| {
-                row.try_get::<_, Json<LogEntry>>(0)
-                    .map(|Json(entry)| entry)
-                    .map_err(db_error)
-            })
-            .collect()
+        self.read_logs(id).await
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Job>> {
-        let client = self.client().await?;
-        client
-            .query_opt(
-                &format!("SELECT data FROM {} WHERE id = $1", self.t("jobs")),
-                &[&id.0],
-            )
-            .await
-            .map_err(db_error)?
-            .map(|row| job_of(&row))
-            .transpose()
+        self.read_job(id).await
     }
 
     async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>> {
-        let client = self.client().await?;
-        let mut sql = format!("SELECT data FROM {} WHERE true", self.t("jobs"));
-        let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
-        let parent = filter.parent.map(|p| p.0);
-        let root = filter.root.map(|r| r.0);
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-        if !states.is_empty() {
-            params.push(&states);
-            sql.push_str(&format!(" AND state = ANY(${})", params.len()));
-        }
-        if let Some(task) = &filter.task {
-            params.push(task);
-            sql.push_str(&format!(" AND task = ${}", params.len()));
-        }
-        if let Some(queue) = &filter.queue {
-            params.push(queue);
-            sql.push_str(&format!(" AND queue = ${}", params.len()));
-        }
-        if let Some(parent) = &parent {
-            params.push(parent);
-            sql.push_str(&format!(" AND parent = ${}", params.len()));
-        }
-        if let Some(root) = &root {
-            params.push(root);
-            // The root itself, or its descendants through the child-only index.
-            let n = params.len();
-            sql.push_str(&format!(
-                " AND (id = ${n} OR (root = ${n} AND parent IS NOT NULL))"
-            ));
-        }
-        let metadata = serde_json::Value::Object(filter.metadata.clone());
-        let metadata = Json(metadata);
-        if !filter.metadata.is_empty() {
-            params.push(&metadata);
-            sql.push_str(&format!(
-                " AND (data->'metadata')::jsonb @> ${}",
-                params.len()
-            ));
-        }
-        sql.push_str(" ORDER BY depth, ord, id");
-        if let Some(limit) = filter.limit {
-            sql.push_str(&format!(" LIMIT {limit}"));
-        }
-        let rows = client.query(&sql, &params).await.map_err(db_error)?;
-        let mut jobs = rows.iter().map(job_of).collect::<Result<Vec<_>>>()?;
-        // Containment (@>) matches nested values loosely; keep the exact AND-match semantics.
-        jobs.retain(|job| job.metadata_matches(&filter.metadata));
-        Ok(jobs)
+        self.read_jobs(filter).await
     }
 
     async fn count_due(&self, queues: &[String], before: DateTime<Utc>) -> Result<usize> {
-        let client = self.client().await?;
-        let row = client
-            .query_one(
-                &format!(
-                    "SELECT COUNT(*) FROM {} WHERE state = 'scheduled' AND eta <= $1
-                     AND queue = ANY($2)",
-                    self.t("jobs")
-                ),
-                &[&micros(before), &queues],
-            )
-            .await
-            .map_err(db_error)?;
-        Ok(row.get::<_, i64>(0) as usize)
+        self.read_count_due(queues, before).await
     }
 
     async fn next_eta(&self, queues: &[String]) -> Result<Option<DateTime<Utc>>> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&self.sql.next_eta)
-            .await
-            .map_err(db_error)?;
-        let row = client
-            .query_one(&statement, &[&queues])
-            .await
-            .map_err(db_error)?;
-        Ok(row
-            .get::<_, Option<i64>>(0)
-            .and_then(DateTime::from_timestamp_micros))
+        self.read_next_eta(queues).await
     }
 
     async fn cancel_scheduled(&self, queues: &[String]) -> Result<usize> {

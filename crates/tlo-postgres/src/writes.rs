@@ -172,6 +172,47 @@ impl PostgresStore {
         claimed
     }
 
+    /// Records `completions`, each applied or refused alone: those of this process's claims
+    /// prepared here and written in one statement, each only where nothing else wrote the job
+    /// since its claim; the rest (and any such job written meanwhile) on their locked rows.
+    pub(crate) async fn record_completions(
+        &self,
+        completions: Vec<Completion>,
+    ) -> Result<Vec<Result<Job>>> {
+        let mut results: Vec<Option<Result<Job>>> = Vec::with_capacity(completions.len());
+        let mut prepared = Vec::new();
+        for completion in &completions {
+            results.push(None);
+            if let Some(ready) = self.claimed.prepare(completion) {
+                prepared.push((results.len() - 1, ready));
+            }
+        }
+        if !prepared.is_empty() {
+            // In id order, as every batch locks rows, so that concurrent batches never deadlock.
+            prepared.sort_by_key(|(_, ready)| ready.job.id.0);
+            let ready: Vec<Prepared> = prepared.iter().map(|(_, ready)| ready.clone()).collect();
+            let client = self.client().await?;
+            let written = self.save_claimed(&client, &ready).await?;
+            for ((at, _), ready) in prepared.into_iter().zip(ready) {
+                if written.contains(&ready.job.id.0) {
+                    results[at] = Some(Ok(ready.job));
+                }
+            }
+        }
+        let rest: Vec<(usize, Completion)> = completions
+            .into_iter()
+            .enumerate()
+            .filter(|(at, _)| results[*at].is_none())
+            .collect();
+        if !rest.is_empty() {
+            let (places, rest): (Vec<usize>, Vec<Completion>) = rest.into_iter().unzip();
+            for (at, result) in places.into_iter().zip(self.complete_locked(rest).await?) {
+                results[at] = Some(result);
+            }
+        }
+        Ok(results.into_iter().flatten().collect())
+    }
+
     /// Records `completions` on their locked rows, in one transaction, each applied or refused
     /// alone.
     pub(crate) async fn complete_locked(
