@@ -128,6 +128,7 @@ impl LogLevel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogEntry {
     /// When it was written.
+    #[serde(with = "crate::timestamp::rfc3339")]
     pub at: DateTime<Utc>,
     /// How loud it is.
     pub level: LogLevel,
@@ -145,8 +146,10 @@ pub struct AttemptRecord {
     /// The worker that ran it.
     pub worker: String,
     /// When the attempt started.
+    #[serde(with = "crate::timestamp::rfc3339")]
     pub started_at: DateTime<Utc>,
     /// When it ended (`None` while running).
+    #[serde(default, with = "crate::timestamp::rfc3339_opt")]
     pub finished_at: Option<DateTime<Utc>>,
     /// How it ended (`None` while running).
     pub outcome: Option<JobState>,
@@ -176,12 +179,16 @@ pub struct Job {
     /// Each attempt's record, oldest first.
     pub attempts: Vec<AttemptRecord>,
     /// Not claimed before this instant.
+    #[serde(with = "crate::timestamp::rfc3339")]
     pub eta: DateTime<Utc>,
     /// When it was submitted.
+    #[serde(with = "crate::timestamp::rfc3339")]
     pub created_at: DateTime<Utc>,
     /// When the current (or last) attempt started.
+    #[serde(default, with = "crate::timestamp::rfc3339_opt")]
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached an end state.
+    #[serde(default, with = "crate::timestamp::rfc3339_opt")]
     pub finished_at: Option<DateTime<Utc>>,
     /// Its progress.
     pub progress: Progress,
@@ -208,6 +215,7 @@ pub struct Job {
     /// The worker holding it while it executes.
     pub worker: Option<String>,
     /// The worker's lease ends here unless renewed.
+    #[serde(default, with = "crate::timestamp::rfc3339_opt")]
     pub lease_until: Option<DateTime<Utc>>,
 }
 

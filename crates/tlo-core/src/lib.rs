@@ -12,6 +12,7 @@ mod job;
 mod locker;
 mod state;
 mod store;
+mod timestamp;
 pub mod transition;
 
 pub use error::{Error, Result};
