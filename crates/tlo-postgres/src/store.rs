@@ -4,6 +4,9 @@
 //! `FOR UPDATE SKIP LOCKED`; every other state write locks its row (`FOR UPDATE`), applies the
 //! reference semantics of `tlo_core::transition`, and writes it back in the same transaction,
 //! so PostgreSQL behaves exactly as the other stores and writes are fenced by attempt.
+//! Completions of this process's own claims take a shorter way to the same result: applied
+//! here to the document the claim wrote (`tlo_core::claimed`), and written, without a lock,
+//! only where the row still holds that document.
 
 use std::sync::Arc;
 use std::time::Duration;

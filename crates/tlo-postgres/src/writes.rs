@@ -190,10 +190,10 @@ impl PostgresStore {
         if !prepared.is_empty() {
             // In id order, as every batch locks rows, so that concurrent batches never deadlock.
             prepared.sort_by_key(|(_, ready)| ready.job.id.0);
-            let ready: Vec<Prepared> = prepared.iter().map(|(_, ready)| ready.clone()).collect();
+            let (places, ready): (Vec<usize>, Vec<Prepared>) = prepared.into_iter().unzip();
             let client = self.client().await?;
             let written = self.save_claimed(&client, &ready).await?;
-            for ((at, _), ready) in prepared.into_iter().zip(ready) {
+            for (at, ready) in places.into_iter().zip(ready) {
                 if written.contains(&ready.job.id.0) {
                     results[at] = Some(Ok(ready.job));
                 }

@@ -3,6 +3,9 @@
 //! Indexed columns (state, queue, priority, eta, ...) sit beside the whole job as JSON, and every
 //! state write loads the job, applies the reference semantics of `tlo_core::transition`, and
 //! writes it back inside the batch transaction, so SQLite behaves exactly as the other stores.
+//! Completions of this process's own claims take a shorter way to the same result: applied on
+//! the caller's thread to the document the claim wrote (`tlo_core::claimed`), and written only
+//! where the row still holds that document.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
