@@ -13,7 +13,7 @@
 use std::sync::Mutex;
 
 use crate::transition::apply_completion;
-use crate::{Completion, Job, JobIdMap};
+use crate::{Completion, DateTime, Job, JobIdMap, Utc};
 
 /// Remembered claims, at most [`ClaimedDocs::CAPACITY`]; past that the memory is cleared, which
 /// costs only the cheap path for the jobs forgotten.
@@ -46,6 +46,8 @@ pub struct ClaimedDocs {
 pub struct Prepared {
     /// The document the claim wrote: the condition of the write.
     pub written: String,
+    /// When the claim was made (the attempt's start).
+    pub claimed_at: Option<DateTime<Utc>>,
     /// The job with the completion applied.
     pub job: Job,
     /// `job` encoded, to be written.
@@ -76,10 +78,12 @@ impl ClaimedDocs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&completion.id)?;
+        let claimed_at = job.started_at;
         apply_completion(&mut job, completion).ok()?;
         let encoded = serde_json::to_string(&job).ok()?;
         Some(Prepared {
             written,
+            claimed_at,
             job,
             encoded,
         })

@@ -1,5 +1,7 @@
 //! The statements on the hot path of [`PostgresStore`](crate::PostgresStore).
 
+use crate::store::JOB;
+
 /// The statements on the hot path, rendered once for the schema; each connection prepares
 /// them once (`prepare_cached`), so the server neither parses nor plans them per call.
 #[derive(Debug)]
@@ -7,6 +9,8 @@ pub(crate) struct HotSql {
     pub(crate) insert: String,
     pub(crate) next_eta: String,
     pub(crate) claim: String,
+    pub(crate) claim_candidates: String,
+    pub(crate) claim_ids: String,
     pub(crate) save: String,
     pub(crate) save_claimed: String,
     pub(crate) lock_many: String,
@@ -16,6 +20,30 @@ pub(crate) struct HotSql {
 impl HotSql {
     pub(crate) fn new(schema: &str) -> HotSql {
         let jobs = format!("{schema}.jobs");
+        // The priority levels of queue $1 with due jobs, each with its first entry this
+        // snapshot sees; then up to $3 jobs due by $2, best first, locked.
+        let levels = format!(
+            "levels(priority, eta, seq) AS (
+                 (SELECT priority, eta, seq FROM {jobs}
+                  WHERE state = 'scheduled' AND queue = $1
+                  ORDER BY priority DESC, eta, seq LIMIT 1)
+                 UNION ALL
+                 SELECT n.priority, n.eta, n.seq FROM levels l
+                 CROSS JOIN LATERAL (
+                     SELECT j.priority, j.eta, j.seq FROM {jobs} j
+                     WHERE j.state = 'scheduled' AND j.queue = $1 AND j.priority < l.priority
+                     ORDER BY j.priority DESC, j.eta, j.seq LIMIT 1) n)"
+        );
+        let candidates = format!(
+            "SELECT c.id, c.seq, c.priority, c.eta FROM levels l
+             CROSS JOIN LATERAL (
+                 SELECT id, seq, priority, eta FROM {jobs} j
+                 WHERE j.state = 'scheduled' AND j.queue = $1 AND j.priority = l.priority
+                   AND (j.eta, j.seq) >= (l.eta, l.seq) AND j.eta <= $2
+                 ORDER BY j.eta, j.seq LIMIT $3
+                 FOR UPDATE SKIP LOCKED) c
+             LIMIT $3"
+        );
         HotSql {
             // Inserting and waking the workers in one statement: one round trip, and outside a
             // transaction no BEGIN or COMMIT either. Identical notifications of one transaction
@@ -56,26 +84,25 @@ impl HotSql {
             // Each priority level is found by its first entry in `jobs_due` that this snapshot
             // sees, and the claim of that level starts there: the index entries of jobs claimed
             // since the last vacuum (dead, but still in the index) are stepped over once, not
-            // once to find the level and again to claim from it.
+            // once to find the level and again to claim from it. The claim writes columns only
+            // (see migration 4) and returns the documents as they are.
             claim: format!(
-                "WITH RECURSIVE levels(priority, eta, seq) AS (
-                     (SELECT priority, eta, seq FROM {jobs}
-                      WHERE state = 'scheduled' AND queue = $1
-                      ORDER BY priority DESC, eta, seq LIMIT 1)
-                     UNION ALL
-                     SELECT n.priority, n.eta, n.seq FROM levels l
-                     CROSS JOIN LATERAL (
-                         SELECT j.priority, j.eta, j.seq FROM {jobs} j
-                         WHERE j.state = 'scheduled' AND j.queue = $1 AND j.priority < l.priority
-                         ORDER BY j.priority DESC, j.eta, j.seq LIMIT 1) n)
-                 SELECT c.seq, c.data FROM levels l
-                 CROSS JOIN LATERAL (
-                     SELECT seq, data FROM {jobs} j
-                     WHERE j.state = 'scheduled' AND j.queue = $1 AND j.priority = l.priority
-                       AND (j.eta, j.seq) >= (l.eta, l.seq) AND j.eta <= $2
-                     ORDER BY j.eta, j.seq LIMIT $3
-                     FOR UPDATE SKIP LOCKED) c
-                 LIMIT $3"
+                "WITH RECURSIVE {levels}, picked AS ({candidates})
+                 UPDATE {jobs} AS j SET state = 'running', worker = $4, lease_until = $5,
+                     claimed_at = $2
+                 FROM picked p WHERE j.id = p.id
+                 RETURNING p.seq, j.data::text"
+            ),
+            // A claim from several queues: the due jobs of each queue (locked), of which the
+            // caller keeps the best and claims them with `claim_ids`.
+            claim_candidates: format!(
+                "WITH RECURSIVE {levels} SELECT id, seq, priority, eta FROM ({candidates}) c"
+            ),
+            claim_ids: format!(
+                "UPDATE {jobs} SET state = 'running', worker = $2, lease_until = $3,
+                     claimed_at = $4
+                 WHERE id = ANY($1)
+                 RETURNING seq, data::text"
             ),
             // Writing back and, when a job is `scheduled` again, waking the workers: one
             // statement, so that it can travel with the COMMIT after it.
@@ -85,20 +112,22 @@ impl HotSql {
                 update = write_back(&jobs, &[])
             ),
             // `save` for completions prepared from this process's claims: each row is written
-            // only if its document is still the one the claim wrote (`json` keeps the text as
-            // sent), and the ids written come back. One statement, its own transaction.
+            // only if it still holds the document and the claim it had when claimed (`json`
+            // keeps the text as sent), and the ids written come back. One statement, its own
+            // transaction.
             save_claimed: format!(
                 "WITH saved AS ({update} WHERE j.id = u.id AND j.data::text = u.written
+                                     AND j.claimed_at = u.claimed_at
                                  RETURNING j.id, u.state)
                  SELECT id FROM saved
                  UNION ALL
                  SELECT NULL FROM (SELECT pg_notify($10, '')
                      WHERE EXISTS (SELECT FROM saved WHERE state = 'scheduled')) AS woken",
-                update = write_back(&jobs, &[("$11::text[]", "written")])
+                update = write_back(&jobs, &[("$11::text[]", "written"), ("$12::int8[]", "claimed_at")])
             ),
             // In id order, so that concurrent batches lock rows in the same order.
-            lock_many: format!("SELECT data FROM {jobs} WHERE id = ANY($1) ORDER BY id FOR UPDATE"),
-            lock_one: format!("SELECT data FROM {jobs} WHERE id = $1 FOR UPDATE"),
+            lock_many: format!("SELECT {JOB} FROM {jobs} WHERE id = ANY($1) ORDER BY id FOR UPDATE"),
+            lock_one: format!("SELECT {JOB} FROM {jobs} WHERE id = $1 FOR UPDATE"),
         }
     }
 }
@@ -111,7 +140,7 @@ fn write_back(jobs: &str, more: &[(&str, &str)]) -> String {
     format!(
         "UPDATE {jobs} AS j SET state = u.state, queue = u.queue, priority = u.priority,
              eta = u.eta, worker = u.worker, lease_until = u.lease_until,
-             finished_at = u.finished_at, data = u.data::json
+             finished_at = u.finished_at, data = u.data::json, claimed_at = NULL
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int8[], $6::text[],
              $7::int8[], $8::int8[], $9::text[]{arrays})
              AS u(id, state, queue, priority, eta, worker, lease_until, finished_at, data{names})"

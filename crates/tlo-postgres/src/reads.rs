@@ -6,7 +6,7 @@ use tokio_postgres::types::{Json, ToSql};
 
 use crate::PostgresStore;
 use crate::pool::db_error;
-use crate::store::{job_of, micros};
+use crate::store::{JOB, job_of, micros};
 
 impl PostgresStore {
     /// The log lines of job `id`, in order; an unknown job is not found.
@@ -37,7 +37,7 @@ impl PostgresStore {
         let client = self.client().await?;
         client
             .query_opt(
-                &format!("SELECT data FROM {} WHERE id = $1", self.t("jobs")),
+                &format!("SELECT {JOB} FROM {} WHERE id = $1", self.t("jobs")),
                 &[&id.0],
             )
             .await
@@ -49,7 +49,7 @@ impl PostgresStore {
     /// The jobs matching `filter`, in tree order (depth, order, id).
     pub(crate) async fn read_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>> {
         let client = self.client().await?;
-        let mut sql = format!("SELECT data FROM {} WHERE true", self.t("jobs"));
+        let mut sql = format!("SELECT {JOB} FROM {} WHERE true", self.t("jobs"));
         let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
         let parent = filter.parent.map(|p| p.0);
         let root = filter.root.map(|r| r.0);

@@ -83,6 +83,15 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE {schema}.jobs DROP CONSTRAINT jobs_unique_key_key;
     "#,
     ),
+    (
+        4,
+        // A claim is one statement that writes columns only: `claimed_at` set means the
+        // document predates the claim made then, by the `worker` column until `lease_until`
+        // (readers apply the claim to it); the next write of the whole document clears it.
+        r#"
+    ALTER TABLE {schema}.jobs ADD COLUMN claimed_at BIGINT;
+    "#,
+    ),
 ];
 
 /// The newest schema version this build knows.

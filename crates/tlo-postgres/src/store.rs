@@ -14,8 +14,8 @@ use std::time::Duration;
 use deadpool_postgres::{GenericClient as _, Object, Pool};
 use tlo_core::claimed::ClaimedDocs;
 use tlo_core::transition::{
-    Change, apply_acknowledge_cancel, apply_cancel_request, apply_change, apply_progress,
-    apply_relaunch, apply_rescue, check_prunable,
+    Change, apply_acknowledge_cancel, apply_cancel_request, apply_change, apply_claim,
+    apply_progress, apply_relaunch, apply_rescue, check_prunable,
 };
 use tlo_core::{
     CancelOutcome, ClaimRequest, Completion, DateTime, Enqueued, Error, Job, JobFilter, JobId,
@@ -84,10 +84,32 @@ pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
 
+/// The columns [`job_of`] reads: select them wherever a job is read.
+pub(crate) const JOB: &str = "data, claimed_at, worker, lease_until";
+
+/// The job in `row` (selected with [`JOB`]): its document, with the claim made since applied.
 pub(crate) fn job_of(row: &tokio_postgres::Row) -> Result<Job> {
-    row.try_get::<_, Json<Job>>("data")
-        .map(|Json(job)| job)
-        .map_err(db_error)
+    let Json(mut job) = row.try_get::<_, Json<Job>>("data").map_err(db_error)?;
+    let claimed_at: Option<i64> = row.try_get("claimed_at").map_err(db_error)?;
+    if let Some(at) = claimed_at.and_then(DateTime::from_timestamp_micros) {
+        let worker: Option<String> = row.try_get("worker").map_err(db_error)?;
+        let lease_until: Option<i64> = row.try_get("lease_until").map_err(db_error)?;
+        apply_claim(
+            &mut job,
+            worker.as_deref().unwrap_or_default(),
+            at,
+            Duration::ZERO,
+        )?;
+        // Renewed since the claim, perhaps.
+        job.lease_until = lease_until.and_then(DateTime::from_timestamp_micros);
+    }
+    Ok(job)
+}
+
+/// `at` as stored (whole microseconds): a claim's time, so that the claimer's job and what
+/// readers rebuild from the columns are the same.
+pub(crate) fn stored(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros(at)).unwrap_or(at)
 }
 
 impl PostgresStore {
@@ -211,9 +233,9 @@ impl Store for PostgresStore {
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Job>> {
         let tx = Pipelined::new(self.client().await?);
-        let claimed = self.begin_claim(&tx, request).await?;
-        let written = self.save_and_commit(tx, &claimed).await?;
-        Ok(self.remember(claimed, written))
+        let claimed = self.claim_and_commit(&tx, request).await?;
+        tx.finish();
+        Ok(self.remember(claimed))
     }
 
     async fn enqueue_and_claim(
@@ -232,16 +254,13 @@ impl Store for PostgresStore {
         // are stored (and the claim sees them) whatever becomes of the claim.
         let (enqueued, claimed) = tokio::join!(
             self.insert(client, &insert, jobs),
-            self.begin_claim(&tx, next)
+            self.claim_and_commit(&tx, next)
         );
         let enqueued = enqueued?;
-        let claimed = match claimed {
-            Ok(claimed) => self
-                .save_and_commit(tx, &claimed)
-                .await
-                .map(|written| self.remember(claimed, written)),
-            Err(err) => Err(err),
-        };
+        let claimed = claimed.map(|claimed| {
+            tx.finish();
+            self.remember(claimed)
+        });
         Ok((enqueued, claimed))
     }
 
@@ -318,7 +337,10 @@ impl Store for PostgresStore {
                     "WITH held AS (
                          SELECT j.id FROM {jobs} AS j
                          JOIN unnest($1::uuid[], $2::int8[]) AS u(id, attempt) ON j.id = u.id
-                         WHERE (j.data->>'attempt')::int8 = u.attempt AND j.worker = $5
+                         -- A claim not yet written into the document is one attempt on.
+                         WHERE (j.data->>'attempt')::int8 + (j.claimed_at IS NOT NULL)::int
+                               = u.attempt
+                           AND j.worker = $5
                            AND j.state IN ('running', 'cancel_requested', 'cancelling')
                          ORDER BY j.id
                          FOR UPDATE OF j
@@ -347,7 +369,7 @@ impl Store for PostgresStore {
         let rows = tx
             .query(
                 &format!(
-                    "SELECT data FROM {} WHERE state IN ('running', 'cancel_requested', 'cancelling')
+                    "SELECT {JOB} FROM {} WHERE state IN ('running', 'cancel_requested', 'cancelling')
                        AND lease_until < $1 FOR UPDATE SKIP LOCKED",
                     self.t("jobs")
                 ),
@@ -416,7 +438,7 @@ impl Store for PostgresStore {
         let rows = tx
             .query(
                 &format!(
-                    "SELECT data FROM {} WHERE state = 'scheduled' AND queue = ANY($1)
+                    "SELECT {JOB} FROM {} WHERE state = 'scheduled' AND queue = ANY($1)
                      FOR UPDATE SKIP LOCKED",
                     self.t("jobs")
                 ),

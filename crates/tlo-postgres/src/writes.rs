@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::PostgresStore;
 use crate::pipeline::Pipelined;
 use crate::pool::db_error;
-use crate::store::{job_of, micros};
+use crate::store::{job_of, micros, stored};
 
 impl PostgresStore {
     /// Inserts with `statement` (the prepared [`HotSql::insert`](crate::hot_sql::HotSql)).
@@ -154,9 +154,16 @@ impl PostgresStore {
         let columns = Columns::of(prepared.iter().map(|p| &p.job));
         let data: Vec<&str> = prepared.iter().map(|p| p.encoded.as_str()).collect();
         let written: Vec<&str> = prepared.iter().map(|p| p.written.as_str()).collect();
+        let claimed_at: Vec<Option<i64>> =
+            prepared.iter().map(|p| p.claimed_at.map(micros)).collect();
         let channel = self.channel();
         let mut params = columns.params();
-        params.extend([&data as &(dyn ToSql + Sync), &channel, &written]);
+        params.extend([
+            &data as &(dyn ToSql + Sync),
+            &channel,
+            &written,
+            &claimed_at,
+        ]);
         let rows = db.query(&statement, &params).await.map_err(db_error)?;
         Ok(rows
             .iter()
@@ -164,12 +171,15 @@ impl PostgresStore {
             .collect())
     }
 
-    /// Remembers the documents `written` for the jobs just `claimed`; returns the jobs.
-    pub(crate) fn remember(&self, claimed: Vec<Job>, written: Vec<String>) -> Vec<Job> {
-        for (job, written) in claimed.iter().zip(written) {
-            self.claimed.remember(job, written);
-        }
+    /// Remembers the documents of the jobs just claimed; returns the jobs.
+    pub(crate) fn remember(&self, claimed: Vec<(Job, String)>) -> Vec<Job> {
         claimed
+            .into_iter()
+            .map(|(job, document)| {
+                self.claimed.remember(&job, document);
+                job
+            })
+            .collect()
     }
 
     /// Records `completions`, each applied or refused alone: those of this process's claims
@@ -283,12 +293,21 @@ impl PostgresStore {
         Ok((out, job))
     }
 
-    /// Begins `tx` and claims due jobs in it, all sent at once; the caller saves and commits.
-    pub(crate) async fn begin_claim(
+    /// Claims due jobs for `request` in `tx` and commits it (the caller then
+    /// [finishes](Pipelined::finish) it): one round trip when one queue is asked (one
+    /// statement), two for several (their candidates, then the best of them). The claim is
+    /// written in columns (migration 4); each job comes back with the document it still has in
+    /// its row.
+    pub(crate) async fn claim_and_commit(
         &self,
         tx: &Pipelined,
         request: &ClaimRequest,
-    ) -> Result<Vec<Job>> {
+    ) -> Result<Vec<(Job, String)>> {
+        // Whole microseconds, as stored: the claimer's job and what readers rebuild from the
+        // columns must be the same.
+        let now = stored(request.now);
+        let lease_until = micros(now + request.lease);
+        let demands: Vec<_> = request.queues.iter().filter(|d| d.limit > 0).collect();
         // A claim lost in a server crash only puts the job back to `scheduled`: it runs again
         // and the stale worker's completion is fenced off. Not waiting for the WAL flush here
         // saves a disk sync per claim; enqueues and completions stay fully durable.
@@ -299,38 +318,80 @@ impl PostgresStore {
                 .await
                 .map_err(db_error)
         };
-        let ((), (), claimed) =
-            tokio::try_join!(tx.begin(), relaxed, self.claim_in(tx.db(), request))?;
-        Ok(claimed)
-    }
-
-    /// Selects and claims due jobs inside `tx`; the caller saves and commits.
-    pub(crate) async fn claim_in<C: PooledClient>(
-        &self,
-        tx: &C,
-        request: &ClaimRequest,
-    ) -> Result<Vec<Job>> {
-        let sql = tx.prepare_cached(&self.sql.claim).await.map_err(db_error)?;
-        let now = micros(request.now);
-        let mut candidates: Vec<(i64, Job)> = Vec::new();
-        for demand in request.queues.iter().filter(|d| d.limit > 0) {
-            let limit = demand.limit.min(request.limit) as i64;
-            for row in tx
-                .query(&sql, &[&demand.queue, &now, &limit])
+        let rows = if let [demand] = demands.as_slice() {
+            // Prepared before the join: a statement still being prepared when the COMMIT goes
+            // out would run after it, outside the transaction.
+            let claim = tx
+                .db()
+                .prepare_cached(&self.sql.claim)
                 .await
-                .map_err(db_error)?
-            {
-                candidates.push((row.get(0), job_of(&row)?));
-            }
+                .map_err(db_error)?;
+            let limit = demand.limit.min(request.limit) as i64;
+            let params: [&(dyn ToSql + Sync); 5] = [
+                &demand.queue,
+                &micros(now),
+                &limit,
+                &request.worker,
+                &lease_until,
+            ];
+            let query = async { tx.db().query(&claim, &params).await.map_err(db_error) };
+            let ((), (), rows, ()) = tokio::try_join!(tx.begin(), relaxed, query, tx.commit())?;
+            rows
+        } else {
+            let candidates = tx
+                .db()
+                .prepare_cached(&self.sql.claim_candidates)
+                .await
+                .map_err(db_error)?;
+            let claim_ids = tx
+                .db()
+                .prepare_cached(&self.sql.claim_ids)
+                .await
+                .map_err(db_error)?;
+            let at = micros(now);
+            let limits: Vec<i64> = demands
+                .iter()
+                .map(|d| d.limit.min(request.limit) as i64)
+                .collect();
+            let (db, candidates, at) = (tx.db(), &candidates, &at);
+            let reads = demands
+                .iter()
+                .zip(&limits)
+                .map(|(demand, limit)| async move {
+                    let params: [&(dyn ToSql + Sync); 3] = [&demand.queue, at, limit];
+                    db.query(candidates, &params).await.map_err(db_error)
+                });
+            let ((), (), found) = tokio::try_join!(
+                tx.begin(),
+                relaxed,
+                futures_util::future::try_join_all(reads)
+            )?;
+            // The best across the queues, as one queue's index orders them.
+            let mut found: Vec<(i32, i64, i64, Uuid)> = found
+                .iter()
+                .flatten()
+                .map(|row| (row.get(2), row.get(3), row.get(1), row.get(0)))
+                .collect();
+            found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+            found.truncate(request.limit);
+            let ids: Vec<Uuid> = found.iter().map(|f| f.3).collect();
+            let params: [&(dyn ToSql + Sync); 4] = [&ids, &request.worker, &lease_until, at];
+            let query = async { tx.db().query(&claim_ids, &params).await.map_err(db_error) };
+            let (rows, ()) = tokio::try_join!(query, tx.commit())?;
+            rows
+        };
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let document: String = row.get(1);
+            let mut job: Job = serde_json::from_str(&document).map_err(Error::Serialization)?;
+            apply_claim(&mut job, &request.worker, now, request.lease)?;
+            claimed.push((row.get::<_, i64>(0), job, document));
         }
-        candidates.sort_by(|(sa, a), (sb, b)| claim_order(a, *sa, b, *sb));
-        candidates.truncate(request.limit);
-        let mut claimed = Vec::with_capacity(candidates.len());
-        for (_, mut job) in candidates {
-            apply_claim(&mut job, &request.worker, request.now, request.lease)?;
-            claimed.push(job);
-        }
-        Ok(claimed)
+        claimed.sort_by(|(sa, a, _), (sb, b, _)| claim_order(a, *sa, b, *sb));
+        Ok(claimed
+            .into_iter()
+            .map(|(_, job, document)| (job, document))
+            .collect())
     }
 
     pub(crate) async fn exists<C: GenericClient>(&self, db: &C, id: JobId) -> Result<()> {

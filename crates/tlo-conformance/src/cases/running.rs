@@ -76,6 +76,32 @@ pub async fn progress_is_fenced<S: Store>(store: Arc<S>) {
     ));
 }
 
+/// A claimed job reads back exactly as the claim returned it, by id, by filter, and from
+/// a claim over several queues (stores may keep a claim apart from the job's document).
+pub async fn claimed_jobs_read_back_as_claimed<S: Store>(store: Arc<S>) {
+    put(&*store, vec![job("t"), job("t")]).await;
+    let mut other = job("t");
+    other.queue = "other".into();
+    put(&*store, vec![other]).await;
+    let mut claimed = claim(&*store, 1).await;
+    let both = request(&[("default", 5), ("other", 5)], 5, Utc::now());
+    claimed.extend(store.claim(&both).await.unwrap());
+    assert_eq!(claimed.len(), 3);
+    for job in &claimed {
+        assert_eq!(job.state, JobState::Running);
+        assert_eq!(job.attempts.len(), 1);
+        assert_eq!(store.get(job.id).await.unwrap().as_ref(), Some(job));
+    }
+    let filter = JobFilter {
+        states: vec![JobState::Running],
+        ..JobFilter::default()
+    };
+    let mut listed = store.list(&filter).await.unwrap();
+    listed.sort_by_key(|job| job.id);
+    claimed.sort_by_key(|job| job.id);
+    assert_eq!(listed, claimed);
+}
+
 /// A completion keeps what was written after the claim (progress, a renewed lease): stores that
 /// prepare completions from their own claims must notice the job changed since.
 pub async fn completion_keeps_writes_made_after_the_claim<S: Store>(store: Arc<S>) {
