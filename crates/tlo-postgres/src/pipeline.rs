@@ -1,5 +1,5 @@
 //! Transactions on the hot path whose `BEGIN` and `COMMIT` travel with the statements next to
-//! them: a claim, or a round of outcomes, costs two round trips instead of four.
+//! them: a claim from one queue costs one round trip instead of three.
 
 use deadpool_postgres::Object;
 use tlo_core::Result;

@@ -256,12 +256,17 @@ impl Store for PostgresStore {
             self.insert(client, &insert, jobs),
             self.claim_and_commit(&tx, next)
         );
-        let enqueued = enqueued?;
         let claimed = claimed.map(|claimed| {
             tx.finish();
             self.remember(claimed)
         });
-        Ok((enqueued, claimed))
+        if let (Err(err), Ok(jobs)) = (&enqueued, &claimed) {
+            // Two transactions: the claim committed though the insert failed. The caller hears
+            // of the failure only, so these jobs have no runner here; they are rescued (and run)
+            // once their lease ends.
+            tracing::warn!(error = %err, claimed = jobs.len(), "enqueue failed after a claim");
+        }
+        Ok((enqueued?, claimed))
     }
 
     async fn complete_many(&self, completions: Vec<Completion>) -> Result<Vec<Result<Job>>> {
