@@ -54,6 +54,7 @@ macro_rules! store_conformance {
             progress_is_fenced,
             completion_keeps_writes_made_after_the_claim,
             claimed_jobs_read_back_as_claimed,
+            completion_after_lease_renewals,
             logs_in_order,
             list_filters_and_order,
             count_due_and_next_eta,

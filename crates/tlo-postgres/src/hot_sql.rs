@@ -112,18 +112,18 @@ impl HotSql {
                 update = write_back(&jobs, &[])
             ),
             // `save` for completions prepared from this process's claims: each row is written
-            // only if it still holds the document and the claim it had when claimed (`json`
-            // keeps the text as sent), and the ids written come back. One statement, its own
-            // transaction.
+            // only if it still holds that claim, and the ids written come back. One statement,
+            // its own transaction. The claim's time is condition enough: every write of a whole
+            // document clears `claimed_at` (and a new claim sets another), and the one write
+            // that keeps it, a lease renewal, is overwritten by any outcome.
             save_claimed: format!(
-                "WITH saved AS ({update} WHERE j.id = u.id AND j.data::text = u.written
-                                     AND j.claimed_at = u.claimed_at
+                "WITH saved AS ({update} WHERE j.id = u.id AND j.claimed_at = u.claimed_at
                                  RETURNING j.id, u.state)
                  SELECT id FROM saved
                  UNION ALL
                  SELECT NULL FROM (SELECT pg_notify($10, '')
                      WHERE EXISTS (SELECT FROM saved WHERE state = 'scheduled')) AS woken",
-                update = write_back(&jobs, &[("$11::text[]", "written"), ("$12::int8[]", "claimed_at")])
+                update = write_back(&jobs, &[("$11::int8[]", "claimed_at")])
             ),
             // In id order, so that concurrent batches lock rows in the same order.
             lock_many: format!("SELECT {JOB} FROM {jobs} WHERE id = ANY($1) ORDER BY id FOR UPDATE"),

@@ -138,7 +138,7 @@ impl PostgresStore {
     }
 
     /// Writes completions prepared from this process's claims, each only if its row still holds
-    /// the document the claim wrote, in one statement; returns the ids written.
+    /// that claim, in one statement; returns the ids written.
     pub(crate) async fn save_claimed<C: PooledClient>(
         &self,
         db: &C,
@@ -153,17 +153,11 @@ impl PostgresStore {
             .map_err(db_error)?;
         let columns = Columns::of(prepared.iter().map(|p| &p.job));
         let data: Vec<&str> = prepared.iter().map(|p| p.encoded.as_str()).collect();
-        let written: Vec<&str> = prepared.iter().map(|p| p.written.as_str()).collect();
         let claimed_at: Vec<Option<i64>> =
             prepared.iter().map(|p| p.claimed_at.map(micros)).collect();
         let channel = self.channel();
         let mut params = columns.params();
-        params.extend([
-            &data as &(dyn ToSql + Sync),
-            &channel,
-            &written,
-            &claimed_at,
-        ]);
+        params.extend([&data as &(dyn ToSql + Sync), &channel, &claimed_at]);
         let rows = db.query(&statement, &params).await.map_err(db_error)?;
         Ok(rows
             .iter()

@@ -76,6 +76,27 @@ pub async fn progress_is_fenced<S: Store>(store: Arc<S>) {
     ));
 }
 
+/// A completion after lease renewals ends the job as stored, lease and worker cleared.
+pub async fn completion_after_lease_renewals<S: Store>(store: Arc<S>) {
+    let id = put(&*store, vec![job("t")]).await[0];
+    claim(&*store, 1).await;
+    for seconds in [30, 60] {
+        let until = Utc::now() + TimeDelta::seconds(seconds);
+        let held = store.renew_leases(WORKER, &[(id, 1)], until).await.unwrap();
+        assert_eq!(held, [(id, JobState::Running)]);
+    }
+    let done = complete(&*store, id, 1, Outcome::Done(json!(7)))
+        .await
+        .unwrap();
+    let stored = store.get(id).await.unwrap().unwrap();
+    assert_eq!(stored, done);
+    assert_eq!(
+        (stored.state, stored.result),
+        (JobState::Done, Some(json!(7)))
+    );
+    assert_eq!((stored.worker, stored.lease_until), (None, None));
+}
+
 /// A claimed job reads back exactly as the claim returned it, by id, by filter, and from
 /// a claim over several queues (stores may keep a claim apart from the job's document).
 pub async fn claimed_jobs_read_back_as_claimed<S: Store>(store: Arc<S>) {
