@@ -302,6 +302,10 @@ impl PostgresStore {
         let now = stored(request.now);
         let lease_until = micros(now + request.lease);
         let demands: Vec<_> = request.queues.iter().filter(|d| d.limit > 0).collect();
+        if demands.is_empty() || request.limit == 0 {
+            // Nothing asked: no transaction was begun, the connection is as it was.
+            return Ok(Vec::new());
+        }
         // A claim lost in a server crash only puts the job back to `scheduled`: it runs again
         // and the stale worker's completion is fenced off. Not waiting for the WAL flush here
         // saves a disk sync per claim; enqueues and completions stay fully durable.
