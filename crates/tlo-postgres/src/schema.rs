@@ -102,6 +102,34 @@ pub(crate) async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -
     migrate_to(client, schema, SCHEMA_VERSION).await
 }
 
+/// Checks, without migrating, that `schema` is at the version this build knows: a store used
+/// with migrations off must have been migrated (`tlo migrate`) by this very version.
+pub(crate) async fn check_version(client: &tokio_postgres::Client, schema: &str) -> Result<()> {
+    let current: i64 = match client
+        .query_one(
+            &format!("SELECT COALESCE(MAX(version), 0) FROM {schema}.tlo_migrations"),
+            &[],
+        )
+        .await
+    {
+        Ok(row) => row.get(0),
+        // No migrations table: never migrated.
+        Err(err) if err.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => 0,
+        Err(err) => return Err(db_error(err)),
+    };
+    match current.cmp(&SCHEMA_VERSION) {
+        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Less => Err(pg_error(format!(
+            "schema {schema} is at version {current}, this build of tlo needs {SCHEMA_VERSION}; \
+             run `tlo migrate` (or connect with migrations on)"
+        ))),
+        std::cmp::Ordering::Greater => Err(pg_error(format!(
+            "schema {schema} is at version {current}, newer than this build of tlo \
+             ({SCHEMA_VERSION}); upgrade tlo"
+        ))),
+    }
+}
+
 /// Applies the migrations not yet applied to `schema` up to version `target`.
 async fn migrate_to(
     client: &mut tokio_postgres::Client,
@@ -186,6 +214,53 @@ mod tests {
             err.to_string(),
             "store: postgres: relation \"tlo_no_such_table\" does not exist (42P01)"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_migrations_a_schema_of_another_version_is_refused_by_name() {
+        let (mut client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL must be reachable (TLO_TEST_DATABASE_URL)");
+        tokio::spawn(connection);
+        let schema = format!("tlo_test_{}_versions", std::process::id());
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .await
+            .unwrap();
+        let unmigrated = PostgresOptions {
+            schema: schema.clone(),
+            migrate: false,
+            pool_size: 1,
+        };
+        let url = url();
+        let connect = || PostgresStore::connect_with(&url, unmigrated.clone());
+        let never = connect().await.unwrap_err().to_string();
+        assert!(
+            never.contains("is at version 0") && never.contains("tlo migrate"),
+            "{never}"
+        );
+        migrate_to(&mut client, &schema, SCHEMA_VERSION - 1)
+            .await
+            .unwrap();
+        let older = connect().await.unwrap_err().to_string();
+        let expected = format!("is at version {}", SCHEMA_VERSION - 1);
+        assert!(older.contains(&expected), "{older}");
+        migrate_to(&mut client, &schema, SCHEMA_VERSION)
+            .await
+            .unwrap();
+        connect().await.expect("the version this build knows");
+        client
+            .batch_execute(&format!(
+                "INSERT INTO {schema}.tlo_migrations (version) VALUES (999)"
+            ))
+            .await
+            .unwrap();
+        let newer = connect().await.unwrap_err().to_string();
+        assert!(newer.contains("newer than this build"), "{newer}");
+        client
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

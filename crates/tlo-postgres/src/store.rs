@@ -133,6 +133,8 @@ impl PostgresStore {
         let mut client = store.client().await?;
         if options.migrate {
             schema::migrate(&mut client, &store.schema).await?;
+        } else {
+            schema::check_version(&client, &store.schema).await?;
         }
         Ok(store)
     }
