@@ -3,12 +3,13 @@
 //!
 //! A durable store records a completion by reading the job, applying the outcome and writing it
 //! back. Most of that work (decoding, applying, encoding) does not need the database: the store
-//! wrote the job itself when it claimed it. [`ClaimedDocs`] remembers those writes;
-//! [`ClaimedDocs::prepare`] applies a completion to the remembered job, and the store writes the
-//! result on the condition that the stored document is still the one it remembered. Any other
-//! write in between (progress, a lease renewal, a cancel request, a rescue by another process)
-//! changed the document, so the condition fails and the store takes its ordinary path: the
-//! outcome is the same either way, only cheaper when nothing else touched the job.
+//! wrote the job itself when it claimed it. [`ClaimedDocs`] remembers those writes, with what
+//! the store needs to recognise its row unchanged (`W`: SQLite keeps the document it wrote;
+//! PostgreSQL needs nothing beyond the claim's time); [`ClaimedDocs::prepare`] applies a
+//! completion to the remembered job, and the store writes the result on the condition that the
+//! row is unchanged. Any other write in between (progress, a cancel request, a rescue by another
+//! process) fails the condition and the store takes its ordinary path: the outcome is the same
+//! either way, only cheaper when nothing else touched the job.
 
 use std::sync::Mutex;
 
@@ -36,16 +37,24 @@ use crate::{Completion, DateTime, Job, JobIdMap, Utc};
 /// assert_eq!(prepared.job.state, tlo_core::JobState::Done);
 /// assert!(claimed.prepare(&completion).is_none()); // used up
 /// ```
-#[derive(Debug, Default)]
-pub struct ClaimedDocs {
-    docs: Mutex<JobIdMap<(Job, String)>>,
+#[derive(Debug)]
+pub struct ClaimedDocs<W = String> {
+    docs: Mutex<JobIdMap<(Job, W)>>,
 }
 
-/// A completion applied to the document a store wrote when it claimed the job.
+impl<W> Default for ClaimedDocs<W> {
+    fn default() -> Self {
+        ClaimedDocs {
+            docs: Mutex::default(),
+        }
+    }
+}
+
+/// A completion applied to the job as a store claimed it.
 #[derive(Debug, Clone)]
-pub struct Prepared {
-    /// The document the claim wrote: the condition of the write.
-    pub written: String,
+pub struct Prepared<W = String> {
+    /// What the store remembered of its claim: the condition of the write.
+    pub written: W,
     /// When the claim was made (the attempt's start).
     pub claimed_at: Option<DateTime<Utc>>,
     /// The job with the completion applied.
@@ -54,12 +63,12 @@ pub struct Prepared {
     pub encoded: String,
 }
 
-impl ClaimedDocs {
+impl<W> ClaimedDocs<W> {
     /// Most claims remembered at once.
     pub const CAPACITY: usize = 16_384;
 
-    /// Remembers that the store wrote `written` for `job`.
-    pub fn remember(&self, job: &Job, written: String) {
+    /// Remembers that the store claimed `job`, and `written` for the condition.
+    pub fn remember(&self, job: &Job, written: W) {
         let mut docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
         // Entries whose completion never comes here (the job was cancelled, rescued, or this
         // worker stopped) would pile up: start afresh instead.
@@ -72,7 +81,7 @@ impl ClaimedDocs {
     /// Forgets the claim of `completion`'s job and returns the completion applied to it, or
     /// `None` when the claim is not remembered or the completion does not apply to it (the
     /// store's ordinary path then decides, on the stored job).
-    pub fn prepare(&self, completion: &Completion) -> Option<Prepared> {
+    pub fn prepare(&self, completion: &Completion) -> Option<Prepared<W>> {
         let (mut job, written) = self
             .docs
             .lock()

@@ -91,7 +91,7 @@ impl HotSql {
                  UPDATE {jobs} AS j SET state = 'running', worker = $4, lease_until = $5,
                      claimed_at = $2
                  FROM picked p WHERE j.id = p.id
-                 RETURNING p.seq, j.data::text"
+                 RETURNING p.seq, j.data"
             ),
             // A claim from several queues: the due jobs of each queue (locked), of which the
             // caller keeps the best and claims them with `claim_ids`.
@@ -102,7 +102,7 @@ impl HotSql {
                 "UPDATE {jobs} SET state = 'running', worker = $2, lease_until = $3,
                      claimed_at = $4
                  WHERE id = ANY($1)
-                 RETURNING seq, data::text"
+                 RETURNING seq, data"
             ),
             // Writing back and, when a job is `scheduled` again, waking the workers: one
             // statement, so that it can travel with the COMMIT after it.

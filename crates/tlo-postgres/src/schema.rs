@@ -105,14 +105,8 @@ pub(crate) async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -
 /// Checks, without migrating, that `schema` is at the version this build knows: a store used
 /// with migrations off must have been migrated (`tlo migrate`) by this very version.
 pub(crate) async fn check_version(client: &tokio_postgres::Client, schema: &str) -> Result<()> {
-    let current: i64 = match client
-        .query_one(
-            &format!("SELECT COALESCE(MAX(version), 0) FROM {schema}.tlo_migrations"),
-            &[],
-        )
-        .await
-    {
-        Ok(row) => row.get(0),
+    let current = match current_version(client, schema).await {
+        Ok(current) => current,
         // No migrations table: never migrated.
         Err(err) if err.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => 0,
         Err(err) => return Err(db_error(err)),
@@ -123,11 +117,25 @@ pub(crate) async fn check_version(client: &tokio_postgres::Client, schema: &str)
             "schema {schema} is at version {current}, this build of tlo needs {SCHEMA_VERSION}; \
              run `tlo migrate` (or connect with migrations on)"
         ))),
-        std::cmp::Ordering::Greater => Err(pg_error(format!(
-            "schema {schema} is at version {current}, newer than this build of tlo \
-             ({SCHEMA_VERSION}); upgrade tlo"
-        ))),
+        std::cmp::Ordering::Greater => Err(newer_than_this_build(schema, current)),
     }
+}
+
+/// The newest migration applied to `schema` (0 for none).
+async fn current_version(
+    db: &impl tokio_postgres::GenericClient,
+    schema: &str,
+) -> Result<i64, tokio_postgres::Error> {
+    let sql = format!("SELECT COALESCE(MAX(version), 0) FROM {schema}.tlo_migrations");
+    Ok(db.query_one(&sql, &[]).await?.get(0))
+}
+
+/// `schema` is at `current`, a version this build does not know.
+fn newer_than_this_build(schema: &str, current: i64) -> tlo_core::Error {
+    pg_error(format!(
+        "schema {schema} is at version {current}, newer than this build of tlo \
+         ({SCHEMA_VERSION}); upgrade tlo"
+    ))
 }
 
 /// Applies the migrations not yet applied to `schema` up to version `target`.
@@ -152,18 +160,9 @@ async fn migrate_to(
     ))
     .await
     .map_err(db_error)?;
-    let current: i64 = tx
-        .query_one(
-            &format!("SELECT COALESCE(MAX(version), 0) FROM {schema}.tlo_migrations"),
-            &[],
-        )
-        .await
-        .map_err(db_error)?
-        .get(0);
+    let current = current_version(&tx, schema).await.map_err(db_error)?;
     if current > SCHEMA_VERSION {
-        return Err(pg_error(format!(
-            "schema {schema} is at version {current}, newer than this build of tlo ({SCHEMA_VERSION}); upgrade tlo"
-        )));
+        return Err(newer_than_this_build(schema, current));
     }
     let mut applied = Vec::new();
     for (version, sql) in MIGRATIONS

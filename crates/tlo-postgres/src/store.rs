@@ -68,7 +68,8 @@ pub struct PostgresStore {
     pub(crate) url: Arc<str>,
     pub(crate) sql: Arc<HotSql>,
     /// This process's claims, so that completions are prepared before they are sent.
-    pub(crate) claimed: Arc<ClaimedDocs>,
+    /// The fence of each claim is its time (`claimed_at`), kept in the job: nothing more.
+    pub(crate) claimed: Arc<ClaimedDocs<()>>,
 }
 
 impl std::fmt::Debug for PostgresStore {

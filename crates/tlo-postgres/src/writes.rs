@@ -94,12 +94,11 @@ impl PostgresStore {
             return Ok(());
         }
         let statement = db.prepare_cached(&self.sql.save).await.map_err(db_error)?;
-        self.save_prepared(db, &statement, jobs).await.map(drop)
+        self.save_prepared(db, &statement, jobs).await
     }
 
-    /// Writes back `jobs` and commits `tx`, in one round trip; returns the documents written,
-    /// in the order of `jobs`.
-    pub(crate) async fn save_and_commit(&self, tx: Pipelined, jobs: &[Job]) -> Result<Vec<String>> {
+    /// Writes back `jobs` and commits `tx`, in one round trip.
+    pub(crate) async fn save_and_commit(&self, tx: Pipelined, jobs: &[Job]) -> Result<()> {
         // Prepared before the join: a statement still being prepared when the COMMIT goes out
         // would run after it, outside the transaction (and after its row locks are gone).
         let statement = tx
@@ -107,22 +106,21 @@ impl PostgresStore {
             .prepare_cached(&self.sql.save)
             .await
             .map_err(db_error)?;
-        let (written, ()) =
-            tokio::try_join!(self.save_prepared(tx.db(), &statement, jobs), tx.commit())?;
+        tokio::try_join!(self.save_prepared(tx.db(), &statement, jobs), tx.commit())?;
         tx.finish();
-        Ok(written)
+        Ok(())
     }
 
     /// [`PostgresStore::save`] with its statement prepared: the write is sent when the future
-    /// is first polled, before anything polled after it. Returns the documents written.
+    /// is first polled, before anything polled after it.
     async fn save_prepared<C: PooledClient>(
         &self,
         db: &C,
         statement: &tokio_postgres::Statement,
         jobs: &[Job],
-    ) -> Result<Vec<String>> {
+    ) -> Result<()> {
         if jobs.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let data = jobs
             .iter()
@@ -134,7 +132,7 @@ impl PostgresStore {
         let mut params = columns.params();
         params.extend([&data as &(dyn ToSql + Sync), &channel]);
         db.execute(statement, &params).await.map_err(db_error)?;
-        Ok(data)
+        Ok(())
     }
 
     /// Writes completions prepared from this process's claims, each only if its row still holds
@@ -142,7 +140,7 @@ impl PostgresStore {
     pub(crate) async fn save_claimed<C: PooledClient>(
         &self,
         db: &C,
-        prepared: &[Prepared],
+        prepared: &[Prepared<()>],
     ) -> Result<std::collections::HashSet<Uuid>> {
         if prepared.is_empty() {
             return Ok(Default::default());
@@ -165,15 +163,12 @@ impl PostgresStore {
             .collect())
     }
 
-    /// Remembers the documents of the jobs just claimed; returns the jobs.
-    pub(crate) fn remember(&self, claimed: Vec<(Job, String)>) -> Vec<Job> {
+    /// Remembers the jobs just claimed; returns them.
+    pub(crate) fn remember(&self, claimed: Vec<Job>) -> Vec<Job> {
+        for job in &claimed {
+            self.claimed.remember(job, ());
+        }
         claimed
-            .into_iter()
-            .map(|(job, document)| {
-                self.claimed.remember(&job, document);
-                job
-            })
-            .collect()
     }
 
     /// Records `completions`, each applied or refused alone: those of this process's claims
@@ -194,7 +189,7 @@ impl PostgresStore {
         if !prepared.is_empty() {
             // In id order, as every batch locks rows, so that concurrent batches never deadlock.
             prepared.sort_by_key(|(_, ready)| ready.job.id.0);
-            let (places, ready): (Vec<usize>, Vec<Prepared>) = prepared.into_iter().unzip();
+            let (places, ready): (Vec<usize>, Vec<Prepared<()>>) = prepared.into_iter().unzip();
             let client = self.client().await?;
             let written = self.save_claimed(&client, &ready).await?;
             for (at, ready) in places.into_iter().zip(ready) {
@@ -290,13 +285,12 @@ impl PostgresStore {
     /// Claims due jobs for `request` in `tx` and commits it (the caller then
     /// [finishes](Pipelined::finish) it): one round trip when one queue is asked (one
     /// statement), two for several (their candidates, then the best of them). The claim is
-    /// written in columns (migration 4); each job comes back with the document it still has in
-    /// its row.
+    /// written in columns (migration 4); the jobs come back with it applied.
     pub(crate) async fn claim_and_commit(
         &self,
         tx: &Pipelined,
         request: &ClaimRequest,
-    ) -> Result<Vec<(Job, String)>> {
+    ) -> Result<Vec<Job>> {
         // Whole microseconds, as stored: the claimer's job and what readers rebuild from the
         // columns must be the same.
         let now = stored(request.now);
@@ -380,16 +374,12 @@ impl PostgresStore {
         };
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
-            let document: String = row.get(1);
-            let mut job: Job = serde_json::from_str(&document).map_err(Error::Serialization)?;
+            let Json(mut job) = row.try_get::<_, Json<Job>>(1).map_err(db_error)?;
             apply_claim(&mut job, &request.worker, now, request.lease)?;
-            claimed.push((row.get::<_, i64>(0), job, document));
+            claimed.push((row.get::<_, i64>(0), job));
         }
-        claimed.sort_by(|(sa, a, _), (sb, b, _)| claim_order(a, *sa, b, *sb));
-        Ok(claimed
-            .into_iter()
-            .map(|(_, job, document)| (job, document))
-            .collect())
+        claimed.sort_by(|(sa, a), (sb, b)| claim_order(a, *sa, b, *sb));
+        Ok(claimed.into_iter().map(|(_, job)| job).collect())
     }
 
     pub(crate) async fn exists<C: GenericClient>(&self, db: &C, id: JobId) -> Result<()> {

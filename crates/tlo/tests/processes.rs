@@ -351,7 +351,10 @@ async fn resync_creates_updates_and_removes_within_its_metadata_scope() {
         })
         .await;
         let second = [core("a", json!({"name": "Alan"})), core("c", json!({}))];
-        let report = tlo.resync(&second, true, &scope).await.unwrap();
+        let report = tlo
+            .resync(&second, true, &scope)
+            .await
+            .unwrap_or_else(|e| panic!("{store}: {e:?}"));
         assert_eq!(report.created, ["c"], "{store}");
         assert_eq!(report.updated, ["a"], "{store}");
         assert_eq!(report.removed, ["b"], "{store}");
