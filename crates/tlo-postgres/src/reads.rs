@@ -50,13 +50,18 @@ impl PostgresStore {
     pub(crate) async fn read_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>> {
         let client = self.client().await?;
         let mut sql = format!("SELECT {JOB} FROM {} WHERE true", self.t("jobs"));
-        let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
         let parent = filter.parent.map(|p| p.0);
         let root = filter.root.map(|r| r.0);
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-        if !states.is_empty() {
-            params.push(&states);
-            sql.push_str(&format!(" AND state = ANY(${})", params.len()));
+        if !filter.states.is_empty() {
+            // As literals (state names are fixed words), so that the planner sees which partial
+            // index covers them: `scheduled` is `jobs_due`, the executing states `jobs_executing`.
+            let states: Vec<String> = filter
+                .states
+                .iter()
+                .map(|state| format!("'{}'", state.as_str()))
+                .collect();
+            sql.push_str(&format!(" AND state IN ({})", states.join(", ")));
         }
         if let Some(task) = &filter.task {
             params.push(task);

@@ -92,6 +92,19 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE {schema}.jobs ADD COLUMN claimed_at BIGINT;
     "#,
     ),
+    (
+        5,
+        // Fewer and cheaper writes per job (measured with `pg_waldump --stats` over a 20,000-job
+        // drain). Room left on each page for the new versions of its rows: a claim and an
+        // outcome are then written beside the old version, not on another page (which costs an
+        // extra WAL record, a free-space search and a page more to keep in cache). And one
+        // index less: every version of every row wrote an entry into `(task, state)`, which
+        // only listings filtered by task read (they scan the table instead, as Oban's do).
+        r#"
+    ALTER TABLE {schema}.jobs SET (fillfactor = 50);
+    DROP INDEX {schema}.jobs_task_state;
+    "#,
+    ),
 ];
 
 /// The newest schema version this build knows.
