@@ -17,11 +17,16 @@ pub(crate) async fn heartbeat(engine: Arc<Engine>) {
     let mut ticker = tokio::time::interval(every);
     loop {
         ticker.tick().await;
+        // Jobs claimed ahead that no runner took since the last beat go back to the queue.
+        let stale = Utc::now() - chrono::Duration::from_std(every).unwrap_or_default();
+        engine.put_back_stale_ahead(stale).await;
         let running: Vec<_> = engine.running.lock().values().cloned().collect();
-        if running.is_empty() {
+        let mut ids: Vec<_> = running.iter().map(|c| (c.job.id, c.job.attempt)).collect();
+        // Jobs claimed ahead are leased alike; a cancel reaches them once they run.
+        ids.extend(engine.ahead_ids());
+        if ids.is_empty() {
             continue;
         }
-        let ids: Vec<_> = running.iter().map(|c| (c.job.id, c.job.attempt)).collect();
         let until = Utc::now() + engine.settings.lease;
         match engine
             .store

@@ -26,6 +26,8 @@ fn elapsed_secs(d: Duration) -> String {
 /// dispatcher wake-up per job.
 pub(crate) async fn run_loop(engine: Arc<Engine>, mut job: Job) {
     loop {
+        let took = std::time::Instant::now();
+        let mut ran = None;
         if job.task == crate::workflow_run::COORDINATOR_TASK {
             // A coordinator mostly waits for its nodes: it runs beside the slots, so that a run
             // can never starve its own nodes of workers (think TLO_CONCURRENCY=1).
@@ -41,8 +43,9 @@ pub(crate) async fn run_loop(engine: Arc<Engine>, mut job: Job) {
             });
         } else {
             run_job(&engine, job, true).await;
+            ran = Some(took.elapsed());
         }
-        match engine.claim_next().await {
+        match engine.claim_next(ran).await {
             Some(next) => job = next,
             None => {
                 engine.release_slot();

@@ -450,6 +450,7 @@ impl Tlo {
             }
             finished.await;
         }
+        engine.put_back_ahead().await;
         engine.started.store(false, Ordering::Release);
         engine.rounds.lock().take();
         for task in running.background {

@@ -57,6 +57,11 @@ impl Engine {
         }
     }
 
+    /// Whether jobs may be taken now: running, or draining.
+    pub(crate) fn may_claim(&self) -> bool {
+        matches!(self.stop_mode(), StopMode::Running | StopMode::Drain)
+    }
+
     /// The instant claims compare etas with, or `None` when no claim may be made (stopping).
     fn claim_now(&self) -> Option<DateTime<Utc>> {
         match self.stop_mode() {
@@ -162,10 +167,10 @@ impl Engine {
         }
     }
 
-    /// For a runner that finished a job and keeps its slot: the next due job, if any (in a
-    /// claim shared with other runners, on a shared store).
-    pub(crate) async fn claim_next(&self) -> Option<Job> {
-        match self.claim_in_round().await {
+    /// For a runner that finished a job (having spent `ran` on it) and keeps its slot: the
+    /// next due job, if any (in a claim shared with other runners, on a shared store).
+    pub(crate) async fn claim_next(&self, ran: Option<Duration>) -> Option<Job> {
+        match self.claim_in_round(ran).await {
             Ok(job) => job,
             Err(()) => self.claim(1).await.pop(),
         }
@@ -177,7 +182,15 @@ impl Engine {
         if reserved == 0 {
             return 0;
         }
-        let jobs = self.claim(reserved).await;
+        // Jobs claimed ahead first: they are this worker's already.
+        let mut jobs = if self.may_claim() {
+            self.take_ahead(reserved)
+        } else {
+            Vec::new()
+        };
+        if jobs.len() < reserved {
+            jobs.extend(self.claim(reserved - jobs.len()).await);
+        }
         self.start_claimed(reserved, jobs)
     }
 }

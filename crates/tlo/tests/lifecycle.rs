@@ -422,3 +422,9 @@ async fn ended_jobs_are_pruned_after_their_retention_and_active_ones_never() {
     );
     tlo.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_claimed_ahead_that_no_runner_takes_go_back_to_the_queue_on_sqlite() {
+    let tlo = sqlite_tlo(fast().concurrency(2), "claimed-ahead");
+    assert_jobs_claimed_ahead_go_back_when_no_runner_takes_them(&tlo).await;
+}

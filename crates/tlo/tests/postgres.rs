@@ -197,3 +197,11 @@ async fn a_stop_returns_once_every_outcome_is_recorded() {
         store(&schema).await.drop_schema().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_claimed_ahead_that_no_runner_takes_go_back_to_the_queue() {
+    let schema = schema("claimed_ahead");
+    let tlo = worker(&schema, "a", fast().concurrency(2)).await;
+    assert_jobs_claimed_ahead_go_back_when_no_runner_takes_them(&tlo).await;
+    store(&schema).await.drop_schema().await.unwrap();
+}

@@ -117,3 +117,74 @@ pub fn sqlite_tlo(settings: SettingsBuilder, name: &str) -> Tlo {
     let store = tlo::SqliteStore::open(path).expect("open SQLite");
     build(Tlo::builder().settings(settings).store(store))
 }
+
+/// Jobs claimed ahead (durable stores): runners going through fast jobs make claims take more
+/// than they ask for; when the next jobs block, the ones claimed ahead of them that no runner
+/// takes go back to `scheduled` without using up an attempt, and in the end every job runs
+/// once. `tlo` must run 2 slots on a shared store and not be started.
+pub async fn assert_jobs_claimed_ahead_go_back_when_no_runner_takes_them(tlo: &Tlo) {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    const FAST: u64 = 300;
+    const JOBS: u64 = FAST + 30;
+    let runs = Arc::new(parking_lot::Mutex::new(HashMap::<u64, usize>::new()));
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let counter = runs.clone();
+    let step = tlo
+        .register("step", tlo::TaskOptions::new(), move |_ctx, n: u64| {
+            *counter.lock().entry(n).or_default() += 1;
+            let mut gate = gate.clone();
+            async move {
+                // The two jobs after the fast ones hold both slots until the gate opens.
+                if n == FAST || n == FAST + 1 {
+                    let _ = gate.wait_for(|open| *open).await;
+                }
+                Ok::<_, String>(())
+            }
+        })
+        .unwrap();
+    tlo.submit_batch(&step, 0..JOBS).await.unwrap();
+    tlo.start().unwrap();
+    let store = tlo.store().name();
+    let running = || async {
+        tlo.jobs(&tlo::JobFilter::default().state(tlo::JobState::Running))
+            .await
+            .unwrap()
+    };
+    // Both slots blocked, and more jobs running than slots: claimed ahead of the runners.
+    eventually(&format!("{store}: jobs claimed ahead"), || async {
+        let blocked = {
+            let runs = runs.lock();
+            runs.contains_key(&FAST) && runs.contains_key(&(FAST + 1))
+        };
+        blocked && running().await.len() > 2
+    })
+    .await;
+    // No runner is free to take them: back to the queue, attempt not used up.
+    eventually(&format!("{store}: jobs claimed ahead put back"), || async {
+        running().await.len() == 2
+    })
+    .await;
+    for job in tlo.jobs(&tlo::JobFilter::default()).await.unwrap() {
+        let n = job.args.as_u64().unwrap();
+        if n > FAST + 1 {
+            assert_eq!(job.state, tlo::JobState::Scheduled, "{store}: job {n}");
+            assert_eq!(job.attempt, 0, "{store}: job {n}");
+            assert!(job.attempts.is_empty(), "{store}: job {n}");
+        }
+    }
+    open.send(true).unwrap();
+    eventually(&format!("{store}: all done"), || async {
+        tlo.jobs(&tlo::JobFilter::default().state(tlo::JobState::Done))
+            .await
+            .unwrap()
+            .len()
+            == JOBS as usize
+    })
+    .await;
+    tlo.stop().await.unwrap();
+    let runs = runs.lock();
+    assert_eq!(runs.len(), JOBS as usize, "{store}");
+    assert!(runs.values().all(|&n| n == 1), "{store}: {runs:?}");
+}
