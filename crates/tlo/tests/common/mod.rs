@@ -166,14 +166,18 @@ pub async fn assert_jobs_claimed_ahead_go_back_when_no_runner_takes_them(tlo: &T
         running().await.len() == 2
     })
     .await;
+    // (Concurrent claims may hand a later job out first: a few may have run already.)
+    let mut put_back = 0;
     for job in tlo.jobs(&tlo::JobFilter::default()).await.unwrap() {
         let n = job.args.as_u64().unwrap();
-        if n > FAST + 1 {
+        if n > FAST + 1 && job.state != tlo::JobState::Done {
             assert_eq!(job.state, tlo::JobState::Scheduled, "{store}: job {n}");
             assert_eq!(job.attempt, 0, "{store}: job {n}");
             assert!(job.attempts.is_empty(), "{store}: job {n}");
+            put_back += 1;
         }
     }
+    assert!(put_back > 0, "{store}");
     open.send(true).unwrap();
     eventually(&format!("{store}: all done"), || async {
         tlo.jobs(&tlo::JobFilter::default().state(tlo::JobState::Done))
