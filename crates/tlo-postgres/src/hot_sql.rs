@@ -35,9 +35,9 @@ impl HotSql {
                      ORDER BY j.priority DESC, j.eta, j.seq LIMIT 1) n)"
         );
         let candidates = format!(
-            "SELECT c.id, c.seq, c.priority, c.eta FROM levels l
+            "SELECT c.id, c.seq, c.priority, c.eta, c.tid FROM levels l
              CROSS JOIN LATERAL (
-                 SELECT id, seq, priority, eta FROM {jobs} j
+                 SELECT id, seq, priority, eta, ctid AS tid FROM {jobs} j
                  WHERE j.state = 'scheduled' AND j.queue = $1 AND j.priority = l.priority
                    AND (j.eta, j.seq) >= (l.eta, l.seq) AND j.eta <= $2
                  ORDER BY j.eta, j.seq LIMIT $3
@@ -85,12 +85,14 @@ impl HotSql {
             // sees, and the claim of that level starts there: the index entries of jobs claimed
             // since the last vacuum (dead, but still in the index) are stepped over once, not
             // once to find the level and again to claim from it. The claim writes columns only
-            // (see migration 4) and returns the documents as they are.
+            // (see migration 4) and returns the documents as they are. Each locked row is
+            // updated where it lies (by `ctid`: the version the lock returned), not looked up
+            // again by id.
             claim: format!(
                 "WITH RECURSIVE {levels}, picked AS ({candidates})
                  UPDATE {jobs} AS j SET state = 'running', worker = $4, lease_until = $5,
                      claimed_at = $2
-                 FROM picked p WHERE j.id = p.id
+                 FROM picked p WHERE j.ctid = p.tid
                  RETURNING p.seq, j.data"
             ),
             // A claim from several queues: the due jobs of each queue (locked), of which the
