@@ -61,6 +61,13 @@ const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX jobs_task ON jobs (task);
     "#,
     ),
+    (
+        3,
+        // No change to the tables: job documents are written without their empty fields from
+        // this version on, which older builds cannot read; this version makes them refuse the
+        // file by name instead.
+        "-- job documents without empty fields",
+    ),
 ];
 
 /// The newest schema version this build knows.
@@ -100,4 +107,35 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
         .map_err(store_error)?;
     }
     tx.commit().map_err(store_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_at_a_newer_schema_version_is_refused_by_name() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        conn.execute(
+            "INSERT INTO tlo_migrations (version) VALUES (?1)",
+            [SCHEMA_VERSION + 1],
+        )
+        .unwrap();
+        let err = migrate(&mut conn).unwrap_err().to_string();
+        let newer = format!("schema version {}", SCHEMA_VERSION + 1);
+        assert!(err.contains(&newer), "{err}");
+        assert!(err.contains(&format!("({SCHEMA_VERSION})")), "{err}");
+    }
+
+    #[test]
+    fn migrations_run_once() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let applied: i64 = conn
+            .query_row("SELECT COUNT(*) FROM tlo_migrations", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(applied, MIGRATIONS.len() as i64);
+    }
 }
