@@ -93,7 +93,7 @@ impl HotSql {
                  UPDATE {jobs} AS j SET state = 'running', worker = $4, lease_until = $5,
                      claimed_at = $2
                  FROM picked p WHERE j.ctid = p.tid
-                 RETURNING p.seq, j.data"
+                 RETURNING p.seq, j.data, j.ctid::text"
             ),
             // A claim from several queues: the due jobs of each queue (locked), of which the
             // caller keeps the best and claims them with `claim_ids`.
@@ -104,7 +104,7 @@ impl HotSql {
                 "UPDATE {jobs} SET state = 'running', worker = $2, lease_until = $3,
                      claimed_at = $4
                  WHERE id = ANY($1)
-                 RETURNING seq, data"
+                 RETURNING seq, data, ctid::text"
             ),
             // Writing back and, when a job is `scheduled` again, waking the workers: one
             // statement, so that it can travel with the COMMIT after it.
@@ -117,15 +117,21 @@ impl HotSql {
             // only if it still holds that claim, and the ids written come back. One statement,
             // its own transaction. The claim's time is condition enough: every write of a whole
             // document clears `claimed_at` (and a new claim sets another), and the one write
-            // that keeps it, a lease renewal, is overwritten by any outcome.
+            // that keeps it, a lease renewal, is overwritten by any outcome. Each row is found
+            // where the claim left it (`ctid`), not looked up by id: a row written since has
+            // moved, and is left to the caller's locked path like any other.
             save_claimed: format!(
-                "WITH saved AS ({update} WHERE j.id = u.id AND j.claimed_at = u.claimed_at
+                "WITH saved AS ({update} WHERE j.ctid = u.tid::tid AND j.id = u.id
+                                     AND j.claimed_at = u.claimed_at
                                  RETURNING j.id, u.state)
                  SELECT id FROM saved
                  UNION ALL
                  SELECT NULL FROM (SELECT pg_notify($10, '')
                      WHERE EXISTS (SELECT FROM saved WHERE state = 'scheduled')) AS woken",
-                update = write_back(&jobs, &[("$11::int8[]", "claimed_at")])
+                update = write_back(
+                    &jobs,
+                    &[("$11::int8[]", "claimed_at"), ("$12::text[]", "tid")]
+                )
             ),
             // In id order, so that concurrent batches lock rows in the same order.
             lock_many: format!("SELECT {JOB} FROM {jobs} WHERE id = ANY($1) ORDER BY id FOR UPDATE"),

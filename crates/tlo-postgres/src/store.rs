@@ -67,9 +67,10 @@ pub struct PostgresStore {
     pub(crate) schema: Arc<str>,
     pub(crate) url: Arc<str>,
     pub(crate) sql: Arc<HotSql>,
-    /// This process's claims, so that completions are prepared before they are sent.
-    /// The fence of each claim is its time (`claimed_at`), kept in the job: nothing more.
-    pub(crate) claimed: Arc<ClaimedDocs<()>>,
+    /// This process's claims, so that completions are prepared before they are sent, each
+    /// with where its row lay after the claim (`ctid`, as text). The fence of each claim is
+    /// its time (`claimed_at`), kept in the job.
+    pub(crate) claimed: Arc<ClaimedDocs<String>>,
 }
 
 impl std::fmt::Debug for PostgresStore {

@@ -140,7 +140,7 @@ impl PostgresStore {
     pub(crate) async fn save_claimed<C: PooledClient>(
         &self,
         db: &C,
-        prepared: &[Prepared<()>],
+        prepared: &[Prepared<String>],
     ) -> Result<std::collections::HashSet<Uuid>> {
         if prepared.is_empty() {
             return Ok(Default::default());
@@ -153,9 +153,10 @@ impl PostgresStore {
         let data: Vec<&str> = prepared.iter().map(|p| p.encoded.as_str()).collect();
         let claimed_at: Vec<Option<i64>> =
             prepared.iter().map(|p| p.claimed_at.map(micros)).collect();
+        let tids: Vec<&str> = prepared.iter().map(|p| p.written.as_str()).collect();
         let channel = self.channel();
         let mut params = columns.params();
-        params.extend([&data as &(dyn ToSql + Sync), &channel, &claimed_at]);
+        params.extend([&data as &(dyn ToSql + Sync), &channel, &claimed_at, &tids]);
         let rows = db.query(&statement, &params).await.map_err(db_error)?;
         Ok(rows
             .iter()
@@ -163,12 +164,15 @@ impl PostgresStore {
             .collect())
     }
 
-    /// Remembers the jobs just claimed; returns them.
-    pub(crate) fn remember(&self, claimed: Vec<Job>) -> Vec<Job> {
-        for job in &claimed {
-            self.claimed.remember(job, ());
-        }
+    /// Remembers the jobs just claimed, each with where its row lies; returns them.
+    pub(crate) fn remember(&self, claimed: Vec<(Job, String)>) -> Vec<Job> {
         claimed
+            .into_iter()
+            .map(|(job, tid)| {
+                self.claimed.remember(&job, tid);
+                job
+            })
+            .collect()
     }
 
     /// Records `completions`, each applied or refused alone: those of this process's claims
@@ -189,7 +193,7 @@ impl PostgresStore {
         if !prepared.is_empty() {
             // In id order, as every batch locks rows, so that concurrent batches never deadlock.
             prepared.sort_by_key(|(_, ready)| ready.job.id.0);
-            let (places, ready): (Vec<usize>, Vec<Prepared<()>>) = prepared.into_iter().unzip();
+            let (places, ready): (Vec<usize>, Vec<Prepared<String>>) = prepared.into_iter().unzip();
             let client = self.client().await?;
             let written = self.save_claimed(&client, &ready).await?;
             for (at, ready) in places.into_iter().zip(ready) {
@@ -285,12 +289,13 @@ impl PostgresStore {
     /// Claims due jobs for `request` in `tx` and commits it (the caller then
     /// [finishes](Pipelined::finish) it): one round trip when one queue is asked (one
     /// statement), two for several (their candidates, then the best of them). The claim is
-    /// written in columns (migration 4); the jobs come back with it applied.
+    /// written in columns (migration 4); the jobs come back with it applied, each with where its
+    /// row now lies (`ctid`).
     pub(crate) async fn claim_and_commit(
         &self,
         tx: &Pipelined,
         request: &ClaimRequest,
-    ) -> Result<Vec<Job>> {
+    ) -> Result<Vec<(Job, String)>> {
         // Whole microseconds, as stored: the claimer's job and what readers rebuild from the
         // columns must be the same.
         let now = stored(request.now);
@@ -376,10 +381,14 @@ impl PostgresStore {
         for row in &rows {
             let Json(mut job) = row.try_get::<_, Json<Job>>(1).map_err(db_error)?;
             apply_claim(&mut job, &request.worker, now, request.lease)?;
-            claimed.push((row.get::<_, i64>(0), job));
+            let tid: String = row.try_get(2).map_err(db_error)?;
+            claimed.push((row.get::<_, i64>(0), job, tid));
         }
-        claimed.sort_by(|(sa, a), (sb, b)| claim_order(a, *sa, b, *sb));
-        Ok(claimed.into_iter().map(|(_, job)| job).collect())
+        claimed.sort_by(|(sa, a, _), (sb, b, _)| claim_order(a, *sa, b, *sb));
+        Ok(claimed
+            .into_iter()
+            .map(|(_, job, tid)| (job, tid))
+            .collect())
     }
 
     pub(crate) async fn exists<C: GenericClient>(&self, db: &C, id: JobId) -> Result<()> {
