@@ -54,14 +54,16 @@ impl PostgresStore {
         let root = filter.root.map(|r| r.0);
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
         if !filter.states.is_empty() {
-            // As literals (state names are fixed words), so that the planner sees which partial
-            // index covers them: `scheduled` is `jobs_due`, the executing states `jobs_executing`.
+            // One literal comparison each (state names are fixed words), so that the planner
+            // sees which partial index covers each: `scheduled` is `jobs_due`, the executing
+            // states `jobs_executing`; several are read through both (a bitmap OR). The
+            // scheduler's overlap check (a task's active jobs) reads no finished job.
             let states: Vec<String> = filter
                 .states
                 .iter()
-                .map(|state| format!("'{}'", state.as_str()))
+                .map(|state| format!("state = '{}'", state.as_str()))
                 .collect();
-            sql.push_str(&format!(" AND state IN ({})", states.join(", ")));
+            sql.push_str(&format!(" AND ({})", states.join(" OR ")));
         }
         if let Some(task) = &filter.task {
             params.push(task);

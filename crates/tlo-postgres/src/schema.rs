@@ -102,7 +102,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         // only listings filtered by task read (they scan the table instead, as Oban's do).
         r#"
     ALTER TABLE {schema}.jobs SET (fillfactor = 50);
-    DROP INDEX {schema}.jobs_task_state;
+    DROP INDEX IF EXISTS {schema}.jobs_task_state;
     "#,
     ),
 ];

@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tlo_core::JobState;
+use tlo_core::{JobState, Outcome};
 
 use crate::context::TaskContext;
 use crate::engine::Engine;
-use crate::runner::flush;
+use crate::runner::{finish, flush};
 
 /// Renews leases and locks of running jobs, and picks up cancels requested elsewhere.
 pub(crate) async fn heartbeat(engine: Arc<Engine>) {
@@ -17,13 +17,16 @@ pub(crate) async fn heartbeat(engine: Arc<Engine>) {
     let mut ticker = tokio::time::interval(every);
     loop {
         ticker.tick().await;
-        // Jobs claimed ahead that no runner took since the last beat go back to the queue.
+        // Jobs claimed ahead that no runner took since the last beat go back to the queue
+        // (on a task of its own: a slow store must not hold up the renewals).
         let stale = Utc::now() - chrono::Duration::from_std(every).unwrap_or_default();
-        engine.put_back_stale_ahead(stale).await;
+        let putting_back = engine.clone();
+        tokio::spawn(async move { putting_back.put_back_stale_ahead(stale).await });
         let running: Vec<_> = engine.running.lock().values().cloned().collect();
         let mut ids: Vec<_> = running.iter().map(|c| (c.job.id, c.job.attempt)).collect();
-        // Jobs claimed ahead are leased alike; a cancel reaches them once they run.
-        ids.extend(engine.ahead_ids());
+        // Jobs claimed ahead are leased alike.
+        let ahead = engine.ahead_ids();
+        ids.extend(ahead.iter().copied());
         if ids.is_empty() {
             continue;
         }
@@ -34,12 +37,19 @@ pub(crate) async fn heartbeat(engine: Arc<Engine>) {
             .await
         {
             Ok(states) => {
-                for (id, state) in states {
+                for (id, state) in &states {
                     if matches!(state, JobState::CancelRequested | JobState::Cancelling) {
-                        if let Some(ctx) = running.iter().find(|c| c.job.id == id) {
+                        if let Some(ctx) = running.iter().find(|c| c.job.id == *id) {
                             ctx.cancel.cancel();
                         }
                     }
+                }
+                // A job claimed ahead whose cancel was requested ends without running.
+                for job in engine.ahead_renewed(&ahead, &states) {
+                    let engine = engine.clone();
+                    tokio::spawn(async move {
+                        finish(&engine, &job, Outcome::Cancelled, true).await;
+                    });
                 }
             }
             Err(err) => tracing::warn!(error = %err, "renewing leases failed"),

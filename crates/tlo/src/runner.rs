@@ -269,7 +269,7 @@ pub(crate) async fn flush(engine: &Engine, ctx: &TaskContext) {
 
 /// Records the outcome and tells hooks, metrics and listeners; with `batched`, on a shared
 /// store, hands it to the outcome stream, which does that after its round.
-async fn finish(engine: &Arc<Engine>, job: &Job, outcome: Outcome, batched: bool) {
+pub(crate) async fn finish(engine: &Arc<Engine>, job: &Job, outcome: Outcome, batched: bool) {
     let finished = Finished {
         completion: Completion {
             id: job.id,

@@ -234,7 +234,9 @@ pub(crate) async fn dispatch(engine: Arc<Engine>) {
 /// A drain is over when nothing runs here and nothing that was due when it began is left.
 async fn drained(engine: &Engine) -> bool {
     // An outcome not yet recorded may put a job back (a retry).
-    if engine.in_flight.load(Ordering::Acquire) > 0 || engine.recording.load(Ordering::Acquire) > 0
+    if engine.in_flight.load(Ordering::Acquire) > 0
+        || engine.recording.load(Ordering::Acquire) > 0
+        || engine.ahead_pending()
     {
         return false;
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
-use tlo_core::{Completion, Job, JobId, Outcome};
+use tlo_core::{Completion, Job, JobId, JobState, Outcome};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::engine::Engine;
@@ -39,6 +39,8 @@ pub(super) struct Ahead {
     /// How long a runner takes over a job, from taking it to asking for the next, in
     /// microseconds (moving average).
     job_micros: f64,
+    /// Jobs being claimed to keep here by the claims under way.
+    coming: usize,
 }
 
 impl Ahead {
@@ -64,6 +66,10 @@ fn average(mean: &mut f64, sample: f64) {
 }
 
 impl Engine {
+    fn ahead(&self) -> Option<Arc<Mutex<Ahead>>> {
+        self.rounds.lock().as_ref().map(|r| r.ahead.clone())
+    }
+
     /// A job kept ahead, or else one from the claim stream, for a runner that spent `ran` on
     /// its last job; `Err(())` when there is no stream.
     pub(crate) async fn claim_in_round(&self, ran: Option<Duration>) -> Result<Option<Job>, ()> {
@@ -71,18 +77,20 @@ impl Engine {
             Some(rounds) => (rounds.claims.clone(), rounds.ahead.clone()),
             None => return Err(()),
         };
-        if self.may_claim() {
+        {
             let mut ahead = ahead.lock();
             if let Some(ran) = ran {
                 average(&mut ahead.job_micros, ran.as_micros() as f64);
             }
-            if let Some(job) = ahead.jobs.pop_front() {
-                let low = ahead.jobs.len() * 2 <= ahead.target(self.settings.concurrency);
-                drop(ahead);
-                if low {
-                    let _ = claims.send(Ask::Refill);
+            if self.may_claim() {
+                if let Some(job) = ahead.jobs.pop_front() {
+                    let low = ahead.jobs.len() * 2 <= ahead.target(self.settings.concurrency);
+                    drop(ahead);
+                    if low {
+                        let _ = claims.send(Ask::Refill);
+                    }
+                    return Ok(Some(job));
                 }
-                return Ok(Some(job));
             }
         }
         let (reply, replied) = oneshot::channel();
@@ -92,7 +100,7 @@ impl Engine {
 
     /// Up to `limit` of the jobs kept ahead (for runners the dispatcher starts).
     pub(crate) fn take_ahead(&self, limit: usize) -> Vec<Job> {
-        let Some(ahead) = self.rounds.lock().as_ref().map(|r| r.ahead.clone()) else {
+        let Some(ahead) = self.ahead() else {
             return Vec::new();
         };
         let mut ahead = ahead.lock();
@@ -100,12 +108,19 @@ impl Engine {
         ahead.jobs.drain(..take).collect()
     }
 
+    /// Whether jobs are kept ahead, or a claim under way will keep some (a drain is not over).
+    pub(crate) fn ahead_pending(&self) -> bool {
+        self.ahead().is_some_and(|ahead| {
+            let ahead = ahead.lock();
+            !ahead.jobs.is_empty() || ahead.coming > 0
+        })
+    }
+
     /// The jobs kept ahead, with their attempts (their leases are renewed with the running
     /// jobs').
     pub(crate) fn ahead_ids(&self) -> Vec<(JobId, u32)> {
-        match &*self.rounds.lock() {
-            Some(rounds) => rounds
-                .ahead
+        match self.ahead() {
+            Some(ahead) => ahead
                 .lock()
                 .jobs
                 .iter()
@@ -113,6 +128,39 @@ impl Engine {
                 .collect(),
             None => Vec::new(),
         }
+    }
+
+    /// After a lease renewal that covered the jobs `renewed` kept ahead and found `held` (the
+    /// jobs still this worker's, with their states): forgets those no longer held (rescued
+    /// elsewhere: another worker may run them), and takes out and returns those whose cancel
+    /// was requested (they end `cancelled` without running).
+    pub(crate) fn ahead_renewed(
+        &self,
+        renewed: &[(JobId, u32)],
+        held: &[(JobId, JobState)],
+    ) -> Vec<Job> {
+        let Some(ahead) = self.ahead() else {
+            return Vec::new();
+        };
+        let state_of = |id: JobId| held.iter().find(|(held, _)| *held == id).map(|(_, s)| *s);
+        let mut cancelled = Vec::new();
+        ahead.lock().jobs.retain(|job| {
+            if !renewed.iter().any(|(id, _)| *id == job.id) {
+                return true;
+            }
+            match state_of(job.id) {
+                None => {
+                    tracing::warn!(job = %job.id, "lease of a job claimed ahead lost; not run here");
+                    false
+                }
+                Some(JobState::CancelRequested | JobState::Cancelling) => {
+                    cancelled.push(job.clone());
+                    false
+                }
+                Some(_) => true,
+            }
+        });
+        cancelled
     }
 
     /// Puts the jobs kept ahead back to `scheduled` at their eta, without using up their
@@ -129,13 +177,24 @@ impl Engine {
         // A claim still in flight may add to them: wait for it (none starts while stopping).
         let rounds = self.store.round_concurrency().max(1) as u32;
         let _all = claiming.acquire_many_owned(rounds).await;
-        let jobs: Vec<Job> = ahead.lock().jobs.drain(..).collect();
-        self.put_back(jobs).await;
+        // The stop ends here: a few tries, then the leases run out and any rescuer takes them.
+        for wait in [100, 400, 1_600] {
+            let jobs: Vec<Job> = ahead.lock().jobs.drain(..).collect();
+            if self.put_back(&ahead, jobs).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        let left = ahead.lock().jobs.len();
+        tracing::warn!(
+            jobs = left,
+            "jobs claimed ahead not put back; they are rescued when their leases end"
+        );
     }
 
     /// Puts back the jobs kept ahead since before `since`: no runner took them in time.
     pub(crate) async fn put_back_stale_ahead(&self, since: DateTime<Utc>) {
-        let Some(ahead) = self.rounds.lock().as_ref().map(|r| r.ahead.clone()) else {
+        let Some(ahead) = self.ahead() else {
             return;
         };
         let stale: Vec<Job> = {
@@ -148,13 +207,16 @@ impl Engine {
                 .count();
             ahead.jobs.drain(..count).collect()
         };
-        self.put_back(stale).await;
+        // Kept ahead (and renewed) when it fails: the next beat tries again.
+        self.put_back(&ahead, stale).await;
     }
 
-    /// Back to `scheduled` at their eta, without using up the attempt.
-    async fn put_back(&self, jobs: Vec<Job>) {
+    /// Back to `scheduled` at their eta, without using up the attempt. When the store fails,
+    /// the jobs go back to the front of `ahead` (still leased, renewed, and taken by the next
+    /// runner or put back later) and `false` is returned.
+    async fn put_back(&self, ahead: &Mutex<Ahead>, jobs: Vec<Job>) -> bool {
         if jobs.is_empty() {
-            return;
+            return true;
         }
         let now = Utc::now();
         let completions = jobs
@@ -168,15 +230,19 @@ impl Engine {
             .collect();
         match self.store.complete_many(completions).await {
             Ok(results) => {
-                let failed = results.iter().filter(|r| r.is_err()).count();
-                tracing::debug!(jobs = jobs.len(), failed, "jobs claimed ahead put back");
+                // A refusal means the job is no longer this claim's (cancelled, rescued).
+                let refused = results.iter().filter(|r| r.is_err()).count();
+                tracing::debug!(jobs = jobs.len(), refused, "jobs claimed ahead put back");
+                true
             }
-            // Still leased to this worker: the rescuer of any worker puts them back.
-            Err(err) => tracing::warn!(
-                error = %err,
-                jobs = jobs.len(),
-                "putting back jobs claimed ahead failed; they are rescued when their leases end"
-            ),
+            Err(err) => {
+                tracing::warn!(error = %err, jobs = jobs.len(), "putting back jobs claimed ahead failed");
+                let mut ahead = ahead.lock();
+                for job in jobs.into_iter().rev() {
+                    ahead.jobs.push_front(job);
+                }
+                false
+            }
         }
     }
 }
@@ -218,7 +284,7 @@ pub(super) async fn claim_rounds(
 }
 
 /// One claim: for the runners in `batch` (from the jobs kept ahead first), and as many more to
-/// keep ahead as runners asked for during the last claim.
+/// keep ahead as runners will ask for during the next claim.
 async fn claim_round(engine: &Engine, batch: Vec<Ask>, ahead: &Mutex<Ahead>) {
     let mut runners: VecDeque<oneshot::Sender<Option<Job>>> = batch
         .into_iter()
@@ -230,48 +296,58 @@ async fn claim_round(engine: &Engine, batch: Vec<Ask>, ahead: &Mutex<Ahead>) {
     if !engine.may_claim() {
         // Stopping without taking more: the jobs kept ahead are put back.
         for runner in runners {
-            hand(runner, None);
+            hand(ahead, runner, None);
         }
         return;
     }
-    let wanted = {
+    let mut served = Vec::new();
+    let keep = {
         let mut ahead = ahead.lock();
-        while !ahead.jobs.is_empty() && !runners.is_empty() {
+        while !runners.is_empty() && !ahead.jobs.is_empty() {
             if let (Some(runner), Some(job)) = (runners.pop_front(), ahead.jobs.pop_front()) {
-                hand(runner, Some(job));
+                served.push((runner, job));
             }
         }
         // Per-queue limits count what runs; jobs kept ahead would hold places they need. And
-        // a stop takes no more than its runners ask for.
+        // a stop takes no more than its runners ask for. Claims under way count: several may
+        // be in flight at once (SQLite).
         let keep = if engine.settings.queue_concurrency.is_empty() && !engine.is_stopping() {
             ahead
                 .target(engine.settings.concurrency)
-                .saturating_sub(ahead.jobs.len())
+                .saturating_sub(ahead.jobs.len() + ahead.coming)
         } else {
             0
         };
-        runners.len() + keep
+        ahead.coming += keep;
+        keep
     };
+    for (runner, job) in served {
+        hand(ahead, runner, Some(job));
+    }
+    let wanted = runners.len() + keep;
     if wanted == 0 {
         return;
     }
     let started = std::time::Instant::now();
     let mut jobs = engine.claim(wanted).await.into_iter();
     for runner in runners {
-        hand(runner, jobs.next());
+        hand(ahead, runner, jobs.next());
     }
-    let mut ahead = ahead.lock();
-    average(
-        &mut ahead.claim_micros,
-        started.elapsed().as_micros() as f64,
-    );
-    ahead.jobs.extend(jobs);
+    let mut kept = ahead.lock();
+    average(&mut kept.claim_micros, started.elapsed().as_micros() as f64);
+    kept.coming -= keep;
+    kept.jobs.extend(jobs);
+    let stopping = engine.is_stopping() && !kept.jobs.is_empty();
+    drop(kept);
+    if stopping {
+        // A drain's dispatcher may be waiting to see whether anything is left.
+        engine.wake.notify_one();
+    }
 }
 
-/// Gives a runner its next job.
-fn hand(runner: oneshot::Sender<Option<Job>>, job: Option<Job>) {
+/// Gives a runner its next job; one whose runner is gone (aborted) is kept ahead instead.
+fn hand(ahead: &Mutex<Ahead>, runner: oneshot::Sender<Option<Job>>, job: Option<Job>) {
     if let Err(Some(job)) = runner.send(job) {
-        // The runner is gone (aborted): the job is rescued when its lease ends.
-        tracing::warn!(job = %job.id, "claimed job had no runner left");
+        ahead.lock().jobs.push_front(job);
     }
 }
