@@ -10,7 +10,9 @@ use parking_lot::Mutex;
 use tlo_core::{Completion, Job, JobId, JobState, Outcome};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::Finished;
 use crate::engine::Engine;
+use crate::runner::recorded;
 
 /// Most runners served by one claim.
 const CLAIM_BATCH: usize = 256;
@@ -41,9 +43,17 @@ pub(super) struct Ahead {
     job_micros: f64,
     /// Jobs being claimed to keep here by the claims under way.
     coming: usize,
+    /// Jobs taken out to be put back, not yet written.
+    returning: usize,
 }
 
 impl Ahead {
+    /// Takes out the first `count` jobs to put back, counting them until they are written.
+    fn take_to_put_back(&mut self, count: usize) -> Vec<Job> {
+        self.returning += count;
+        self.jobs.drain(..count).collect()
+    }
+
     /// How many jobs the next claim should leave here, for `slots` runners.
     fn target(&self, slots: usize) -> usize {
         if self.job_micros <= 0.0 {
@@ -112,7 +122,7 @@ impl Engine {
     pub(crate) fn ahead_pending(&self) -> bool {
         self.ahead().is_some_and(|ahead| {
             let ahead = ahead.lock();
-            !ahead.jobs.is_empty() || ahead.coming > 0
+            !ahead.jobs.is_empty() || ahead.coming > 0 || ahead.returning > 0
         })
     }
 
@@ -145,7 +155,7 @@ impl Engine {
         let state_of = |id: JobId| held.iter().find(|(held, _)| *held == id).map(|(_, s)| *s);
         let mut cancelled = Vec::new();
         ahead.lock().jobs.retain(|job| {
-            if !renewed.iter().any(|(id, _)| *id == job.id) {
+            if !renewed.contains(&(job.id, job.attempt)) {
                 return true;
             }
             match state_of(job.id) {
@@ -177,13 +187,29 @@ impl Engine {
         // A claim still in flight may add to them: wait for it (none starts while stopping).
         let rounds = self.store.round_concurrency().max(1) as u32;
         let _all = claiming.acquire_many_owned(rounds).await;
-        // The stop ends here: a few tries, then the leases run out and any rescuer takes them.
-        for wait in [100, 400, 1_600] {
-            let jobs: Vec<Job> = ahead.lock().jobs.drain(..).collect();
-            if self.put_back(&ahead, jobs).await {
+        // The stop ends here: a few seconds of tries (a put-back of the heartbeat's may still
+        // be under way, and may fail and give its jobs back), then the leases run out and any
+        // rescuer takes what is left.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let jobs = {
+                let mut ahead = ahead.lock();
+                let count = ahead.jobs.len();
+                ahead.take_to_put_back(count)
+            };
+            let written = self.put_back(&ahead, jobs).await;
+            let done = {
+                let ahead = ahead.lock();
+                ahead.jobs.is_empty() && ahead.returning == 0
+            };
+            if done {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(wait)).await;
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            let pause = if written { 10 } else { 200 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
         let left = ahead.lock().jobs.len();
         tracing::warn!(
@@ -194,10 +220,14 @@ impl Engine {
 
     /// Puts back the jobs kept ahead since before `since`: no runner took them in time.
     pub(crate) async fn put_back_stale_ahead(&self, since: DateTime<Utc>) {
+        // A stop puts back all of them itself.
+        if self.is_stopping() {
+            return;
+        }
         let Some(ahead) = self.ahead() else {
             return;
         };
-        let stale: Vec<Job> = {
+        let stale = {
             let mut ahead = ahead.lock();
             // In claim order: the stale ones are at the front.
             let count = ahead
@@ -205,21 +235,22 @@ impl Engine {
                 .iter()
                 .take_while(|job| job.started_at.is_some_and(|at| at < since))
                 .count();
-            ahead.jobs.drain(..count).collect()
+            ahead.take_to_put_back(count)
         };
         // Kept ahead (and renewed) when it fails: the next beat tries again.
         self.put_back(&ahead, stale).await;
     }
 
-    /// Back to `scheduled` at their eta, without using up the attempt. When the store fails,
-    /// the jobs go back to the front of `ahead` (still leased, renewed, and taken by the next
-    /// runner or put back later) and `false` is returned.
+    /// Back to `scheduled` at their eta, without using up the attempt (a job whose cancel was
+    /// requested ends `cancelled`, with its hooks and events). When the store fails, the jobs
+    /// go back to the front of `ahead` (still leased, renewed, and taken by the next runner or
+    /// put back later) and `false` is returned.
     async fn put_back(&self, ahead: &Mutex<Ahead>, jobs: Vec<Job>) -> bool {
         if jobs.is_empty() {
             return true;
         }
         let now = Utc::now();
-        let completions = jobs
+        let completions: Vec<Completion> = jobs
             .iter()
             .map(|job| Completion {
                 id: job.id,
@@ -228,19 +259,33 @@ impl Engine {
                 at: now,
             })
             .collect();
-        match self.store.complete_many(completions).await {
+        let count = jobs.len();
+        match self.store.complete_many(completions.clone()).await {
             Ok(results) => {
-                // A refusal means the job is no longer this claim's (cancelled, rescued).
-                let refused = results.iter().filter(|r| r.is_err()).count();
-                tracing::debug!(jobs = jobs.len(), refused, "jobs claimed ahead put back");
+                for ((job, completion), result) in jobs.iter().zip(completions).zip(results) {
+                    match result {
+                        Ok(ended) if ended.state == JobState::Cancelled => {
+                            let finished = Finished {
+                                completion,
+                                started_at: job.started_at,
+                            };
+                            recorded(self, &finished, Ok(ended)).await;
+                        }
+                        // Back in the queue; or refused: no longer this claim's (rescued).
+                        _ => {}
+                    }
+                }
+                tracing::debug!(jobs = count, "jobs claimed ahead put back");
+                ahead.lock().returning -= count;
                 true
             }
             Err(err) => {
-                tracing::warn!(error = %err, jobs = jobs.len(), "putting back jobs claimed ahead failed");
+                tracing::warn!(error = %err, jobs = count, "putting back jobs claimed ahead failed");
                 let mut ahead = ahead.lock();
                 for job in jobs.into_iter().rev() {
                     ahead.jobs.push_front(job);
                 }
+                ahead.returning -= count;
                 false
             }
         }
@@ -321,6 +366,7 @@ async fn claim_round(engine: &Engine, batch: Vec<Ask>, ahead: &Mutex<Ahead>) {
         ahead.coming += keep;
         keep
     };
+    let mut coming = Coming { ahead, keep };
     for (runner, job) in served {
         hand(ahead, runner, Some(job));
     }
@@ -335,13 +381,31 @@ async fn claim_round(engine: &Engine, batch: Vec<Ask>, ahead: &Mutex<Ahead>) {
     }
     let mut kept = ahead.lock();
     average(&mut kept.claim_micros, started.elapsed().as_micros() as f64);
+    // In the same critical section as the jobs arrive: a drain sees them in one place or the
+    // other, never in neither.
     kept.coming -= keep;
+    coming.keep = 0;
     kept.jobs.extend(jobs);
     let stopping = engine.is_stopping() && !kept.jobs.is_empty();
     drop(kept);
     if stopping {
         // A drain's dispatcher may be waiting to see whether anything is left.
         engine.wake.notify_one();
+    }
+}
+
+/// Jobs a claim under way will keep ahead, counted in `coming` until they arrive, or until the
+/// claim ends without them (a panic, an aborted task): a drain must not wait for them forever.
+struct Coming<'a> {
+    ahead: &'a Mutex<Ahead>,
+    keep: usize,
+}
+
+impl Drop for Coming<'_> {
+    fn drop(&mut self) {
+        if self.keep > 0 {
+            self.ahead.lock().coming -= self.keep;
+        }
     }
 }
 
