@@ -13,7 +13,7 @@ use crate::runner::{finish, flush};
 /// Renews leases and locks of running jobs, and picks up cancels requested elsewhere.
 pub(crate) async fn heartbeat(engine: Arc<Engine>) {
     // Also how soon a cancel requested by another process reaches the job here.
-    let every = (engine.settings.lease / 3).min(Duration::from_millis(500));
+    let every = engine.settings.heartbeat_interval();
     let mut ticker = tokio::time::interval(every);
     loop {
         ticker.tick().await;

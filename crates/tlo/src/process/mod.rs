@@ -281,8 +281,9 @@ impl Tlo {
         Ok(report)
     }
 
-    /// Cancels `job` if active, waits up to the cancel grace period (and a poll) for it to
-    /// end, then deletes it with its children.
+    /// Cancels `job` if active, waits for it to end (a heartbeat for the cancel to reach a
+    /// worker elsewhere, the cancel grace period, and two polls), then deletes it with its
+    /// children.
     async fn remove_process(&self, id: &str, job: &Job) -> tlo_core::Result<()> {
         schedules::forget(self.engine(), id);
         if job.state.is_active() {
@@ -294,7 +295,9 @@ impl Tlo {
                 Err(other) => return Err(other),
             }
             let settings = self.settings();
-            let patience = settings.cancel_grace + settings.poll_interval * 2;
+            // The heartbeat carries a cancel to a job running in another process.
+            let patience =
+                settings.heartbeat_interval() + settings.cancel_grace + settings.poll_interval * 2;
             self.handle::<Value>(job.id).wait_timeout(patience).await?;
         }
         delete_tree(self.engine(), job).await.map(drop)

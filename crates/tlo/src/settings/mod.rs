@@ -191,6 +191,12 @@ impl Default for Settings {
 const DAY: u64 = 86_400;
 
 impl Settings {
+    /// How often a running orchestrator renews its leases: also how soon a cancel requested in
+    /// another process reaches a job running here.
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
+        (self.lease / 3).min(Duration::from_millis(500))
+    }
+
     /// How long jobs that ended in `state` are kept; `None` for active states and "forever".
     pub fn retention(&self, state: tlo_core::JobState) -> Option<Duration> {
         use tlo_core::JobState::*;
