@@ -211,12 +211,28 @@ mod tests {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_refused_statement_reports_what_the_server_said() {
+    async fn connect() -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
             .await
             .expect("PostgreSQL must be reachable (TLO_TEST_DATABASE_URL)");
         tokio::spawn(connection);
+        client
+    }
+
+    /// A connection and the name of an empty schema of this test's own (`name`).
+    async fn fresh_schema(name: &str) -> (tokio_postgres::Client, String) {
+        let client = connect().await;
+        let schema = format!("tlo_test_{}_{name}", std::process::id());
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .await
+            .unwrap();
+        (client, schema)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_statement_reports_what_the_server_said() {
+        let client = connect().await;
         let err = client
             .execute("SELECT * FROM tlo_no_such_table", &[])
             .await
@@ -230,15 +246,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn without_migrations_a_schema_of_another_version_is_refused_by_name() {
-        let (mut client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
-            .await
-            .expect("PostgreSQL must be reachable (TLO_TEST_DATABASE_URL)");
-        tokio::spawn(connection);
-        let schema = format!("tlo_test_{}_versions", std::process::id());
-        client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .await
-            .unwrap();
+        let (mut client, schema) = fresh_schema("versions").await;
         let unmigrated = PostgresOptions {
             schema: schema.clone(),
             migrate: false,
@@ -277,15 +285,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn upgrading_from_the_first_version_keeps_every_job_and_its_unique_key() {
-        let (mut client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
-            .await
-            .expect("PostgreSQL must be reachable (TLO_TEST_DATABASE_URL)");
-        tokio::spawn(connection);
-        let schema = format!("tlo_test_{}_upgrade", std::process::id());
-        client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .await
-            .unwrap();
+        let (mut client, schema) = fresh_schema("upgrade").await;
         assert_eq!(migrate_to(&mut client, &schema, 1).await.unwrap(), [1]);
         // A job written by a build at version 1.
         let mut new = NewJob::new("report", serde_json::json!({"day": 1}));

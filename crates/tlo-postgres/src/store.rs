@@ -5,8 +5,9 @@
 //! reference semantics of `tlo_core::transition`, and writes it back in the same transaction,
 //! so PostgreSQL behaves exactly as the other stores and writes are fenced by attempt.
 //! Completions of this process's own claims take a shorter way to the same result: applied
-//! here to the document the claim wrote (`tlo_core::claimed`), and written, without a lock,
-//! only where the row still holds that document.
+//! here to the job as claimed (`tlo_core::claimed`), and written, without a lock, only where
+//! the row still lies where the claim left it (`ctid`) and still holds that claim
+//! (`claimed_at`).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -183,11 +183,7 @@ impl Engine {
             return 0;
         }
         // Jobs claimed ahead first: they are this worker's already.
-        let mut jobs = if self.may_claim() {
-            self.take_ahead(reserved)
-        } else {
-            Vec::new()
-        };
+        let mut jobs = self.take_ahead(reserved);
         if jobs.len() < reserved {
             jobs.extend(self.claim(reserved - jobs.len()).await);
         }

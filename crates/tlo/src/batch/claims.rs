@@ -108,9 +108,10 @@ impl Engine {
         Ok(replied.await.unwrap_or(None))
     }
 
-    /// Up to `limit` of the jobs kept ahead (for runners the dispatcher starts).
+    /// Up to `limit` of the jobs kept ahead (for runners the dispatcher starts); none while
+    /// stopping without taking more (a stop puts them back).
     pub(crate) fn take_ahead(&self, limit: usize) -> Vec<Job> {
-        let Some(ahead) = self.ahead() else {
+        let Some(ahead) = self.ahead().filter(|_| self.may_claim()) else {
             return Vec::new();
         };
         let mut ahead = ahead.lock();
