@@ -64,6 +64,7 @@ macro_rules! store_conformance {
             idle_jobs_launch_and_dismiss,
             delete_only_inactive_jobs_with_their_logs,
             prune_removes_only_old_ended_jobs,
+            prune_keeps_ended_nodes_of_active_trees,
             completions_in_one_round_succeed_or_fail_alone,
             enqueue_and_claim_sees_the_new_jobs,
             waiting_jobs_are_released_or_skipped,

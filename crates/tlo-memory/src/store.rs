@@ -502,6 +502,15 @@ impl Store for MemoryStore {
                     .as_deref()
                     .is_none_or(|key| !key.starts_with(tlo_core::PROCESS_KEY_PREFIX))
             })
+            // A node of a tree whose root is still active stays (a running workflow may still
+            // read its upstream results); it goes once the root has ended or is gone.
+            .filter(|e| {
+                e.job.root == e.job.id
+                    || inner
+                        .jobs
+                        .get(&e.job.root)
+                        .is_none_or(|root| !root.job.state.is_active())
+            })
             .map(|e| e.job.id)
             .take(limit)
             .collect();

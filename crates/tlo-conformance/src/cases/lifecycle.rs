@@ -114,9 +114,11 @@ pub async fn delete_only_inactive_jobs_with_their_logs<S: Store>(store: Arc<S>) 
     ));
 }
 
-/// Pruning removes old ended jobs of one state with their logs, and never anything active.
+/// Pruning removes old ended jobs of one state with their logs, in every end state (done,
+/// failed, cancelled, skipped); any other state is refused (`InvalidSetting`): nothing active
+/// (nor idle) is ever pruned.
 pub async fn prune_removes_only_old_ended_jobs<S: Store>(store: Arc<S>) {
-    let ids = put(&*store, vec![job("t"), job("t"), job("t")]).await;
+    let ids = put(&*store, (0..5).map(|_| job("t")).collect()).await;
     claim(&*store, 1).await;
     complete(&*store, ids[0], 1, Outcome::Done(json!(1)))
         .await
@@ -124,31 +126,62 @@ pub async fn prune_removes_only_old_ended_jobs<S: Store>(store: Arc<S>) {
     let line = log_line();
     store.append_logs(ids[0], vec![line]).await.unwrap();
     store.request_cancel(ids[1]).await.unwrap();
+    let skip = Change::Skip {
+        error: "UPSTREAM_FAILED".into(),
+    };
+    store.change(ids[2], skip).await.unwrap();
+    let claimed = claim(&*store, 1).await;
+    assert_eq!(claimed[0].id, ids[3]);
+    let failed = Outcome::Failed {
+        error: "boom".into(),
+        retry_at: None,
+    };
+    complete(&*store, ids[3], 1, failed).await.unwrap();
+    let ended = [
+        (ids[0], JobState::Done),
+        (ids[1], JobState::Cancelled),
+        (ids[2], JobState::Skipped),
+        (ids[3], JobState::Failed),
+    ];
+    for (id, end) in ended {
+        assert_eq!(state(&*store, id).await, end);
+    }
+    assert_eq!(state(&*store, ids[4]).await, JobState::Scheduled);
+
     let future = Utc::now() + TimeDelta::seconds(1);
-    assert!(
-        store.prune(JobState::Scheduled, future, 10).await.is_err(),
-        "active refused"
-    );
-    assert_eq!(
-        store
-            .prune(JobState::Done, Utc::now() - TimeDelta::hours(1), 10)
-            .await
-            .unwrap(),
-        0
-    );
-    assert_eq!(store.prune(JobState::Done, future, 10).await.unwrap(), 1);
-    assert!(store.get(ids[0]).await.unwrap().is_none());
+    for refused in JobState::ALL.into_iter().filter(|s| !s.is_end()) {
+        assert!(
+            matches!(
+                store.prune(refused, future, 10).await,
+                Err(Error::InvalidSetting { .. })
+            ),
+            "pruning {refused} refused"
+        );
+    }
+    for (_, end) in ended {
+        assert_eq!(
+            store
+                .prune(end, Utc::now() - TimeDelta::hours(1), 10)
+                .await
+                .unwrap(),
+            0,
+            "{end}: too recent"
+        );
+    }
+    for (i, (id, end)) in ended.into_iter().enumerate() {
+        assert_eq!(store.prune(end, future, 10).await.unwrap(), 1, "{end}");
+        assert!(store.get(id).await.unwrap().is_none(), "{end} pruned");
+        for (other, other_state) in &ended[i + 1..] {
+            assert_eq!(
+                state(&*store, *other).await,
+                *other_state,
+                "other states kept"
+            );
+        }
+        assert_eq!(store.prune(end, future, 10).await.unwrap(), 0, "{end}");
+    }
     assert!(store.logs(ids[0]).await.is_err(), "logs went with the job");
-    assert_eq!(
-        state(&*store, ids[1]).await,
-        JobState::Cancelled,
-        "other states kept"
-    );
-    assert_eq!(state(&*store, ids[2]).await, JobState::Scheduled);
-    assert_eq!(
-        store.prune(JobState::Cancelled, future, 10).await.unwrap(),
-        1
-    );
+    assert_eq!(state(&*store, ids[4]).await, JobState::Scheduled);
 
     // A process lives until deleted, however long ago it ended.
     let mut process = job("t");
@@ -161,6 +194,73 @@ pub async fn prune_removes_only_old_ended_jobs<S: Store>(store: Arc<S>) {
     let later = Utc::now() + TimeDelta::seconds(1);
     assert_eq!(store.prune(JobState::Done, later, 10).await.unwrap(), 0);
     assert!(store.get(process).await.unwrap().is_some());
+}
+
+/// An ended job of a tree (a workflow node, a child) is kept, however old, while its root is
+/// active (scheduled or executing): the run may still read it. Once the root has ended (and
+/// is old enough itself) both go; a job whose root is gone is pruned by its own age.
+pub async fn prune_keeps_ended_nodes_of_active_trees<S: Store>(store: Arc<S>) {
+    let other = job("other");
+    let mut root = job("root");
+    root.eta = Utc::now() + TimeDelta::hours(1); // Waits: scheduled, not claimed yet.
+    let mut child = job("child");
+    child.parent = Some(root.id);
+    child.root = root.id;
+    child.depth = 1;
+    let mut orphan = job("orphan");
+    let gone = JobId::new();
+    orphan.parent = Some(gone);
+    orphan.root = gone;
+    orphan.depth = 1;
+    let ids = put(&*store, vec![other, child, orphan, root]).await;
+    let (other, child, orphan, root) = (ids[0], ids[1], ids[2], ids[3]);
+    let claimed: Vec<JobId> = claim(&*store, 5).await.iter().map(|j| j.id).collect();
+    assert_eq!(claimed, vec![other, child, orphan], "the root waits");
+    for id in [other, child, orphan] {
+        complete(&*store, id, 1, Outcome::Done(json!(1)))
+            .await
+            .unwrap();
+    }
+    store.append_logs(child, vec![log_line()]).await.unwrap();
+
+    // Root scheduled: the unrelated job and the orphan go, the child stays.
+    let future = Utc::now() + TimeDelta::seconds(1);
+    assert_eq!(store.prune(JobState::Done, future, 10).await.unwrap(), 2);
+    assert!(store.get(other).await.unwrap().is_none());
+    assert!(store.get(orphan).await.unwrap().is_none());
+    assert_eq!(
+        state(&*store, child).await,
+        JobState::Done,
+        "root scheduled"
+    );
+    assert_eq!(store.logs(child).await.unwrap().len(), 1);
+
+    // Root running: still kept.
+    let release = Change::Release {
+        args: json!({"n": 1}),
+        eta: Utc::now() - TimeDelta::seconds(1),
+    };
+    store.change(root, release).await.unwrap();
+    let claimed = claim(&*store, 1).await;
+    assert_eq!(claimed[0].id, root);
+    let future = Utc::now() + TimeDelta::hours(1);
+    assert_eq!(store.prune(JobState::Done, future, 10).await.unwrap(), 0);
+    assert_eq!(state(&*store, child).await, JobState::Done, "root running");
+
+    // Root ended, not before the cutoff: it stays, and the child, older, goes.
+    let ended = complete(&*store, root, 1, Outcome::Done(json!(1)))
+        .await
+        .unwrap();
+    let cutoff = ended.finished_at.expect("finished");
+    assert_eq!(store.prune(JobState::Done, cutoff, 10).await.unwrap(), 1);
+    assert!(store.get(child).await.unwrap().is_none(), "root ended");
+    assert!(store.logs(child).await.is_err(), "logs went with the child");
+    assert_eq!(state(&*store, root).await, JobState::Done);
+
+    // Root past retention: it goes too.
+    let later = Utc::now() + TimeDelta::seconds(1);
+    assert_eq!(store.prune(JobState::Done, later, 10).await.unwrap(), 1);
+    assert!(store.get(root).await.unwrap().is_none());
 }
 
 /// Several completions in one round: each succeeds or fails alone.
