@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures_util::future::poll_fn;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use crate::pool::redact;
+use crate::pool::{config, redact};
 use crate::store::backoff;
 
 /// Listens on `channel` forever, calling `wake` on every notification (and after each
@@ -13,7 +13,11 @@ use crate::store::backoff;
 pub(crate) async fn listen(url: String, channel: String, wake: Arc<dyn Fn() + Send + Sync>) {
     let mut failures = 0;
     loop {
-        match tokio_postgres::connect(&url, NoTls).await {
+        let connected = match config(&url) {
+            Ok(config) => config.connect(NoTls).await.map_err(|err| err.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        match connected {
             Ok((client, mut connection)) => {
                 let driver = async {
                     loop {

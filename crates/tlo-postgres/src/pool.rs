@@ -1,6 +1,7 @@
 //! Connections: a pool for queries, errors that name the server without its password.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tlo_core::{Error, Result};
@@ -25,18 +26,80 @@ pub(crate) fn db_error(err: tokio_postgres::Error) -> Error {
     }
 }
 
-/// `postgres://user:secret@host/db` -> `postgres://user@host/db`.
+/// A connection string fit to show: the password left out of every form tokio-postgres reads.
+/// `postgres://user:secret@host/db` -> `postgres://user@host/db`; a `password` parameter
+/// (`?password=secret`, `password=secret host=h`) keeps its name and loses its value (`***`).
 pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.split_once('@') {
-        Some((user, host)) => {
-            let user = user.split(':').next().unwrap_or(user);
-            format!("{scheme}://{user}@{host}")
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (address, query) = match rest.split_once('?') {
+                Some((address, query)) => (address, Some(query)),
+                None => (rest, None),
+            };
+            // The user information ends at the last `@`: a password may hold one unencoded.
+            let address = match address.rsplit_once('@') {
+                Some((user, host)) => {
+                    let user = user.split(':').next().unwrap_or(user);
+                    format!("{user}@{host}")
+                }
+                None => address.to_owned(),
+            };
+            let query = query.map(|query| {
+                let pairs: Vec<String> = query
+                    .split('&')
+                    .map(|pair| match pair.split_once('=') {
+                        Some(("password", _)) => "password=***".to_owned(),
+                        _ => pair.to_owned(),
+                    })
+                    .collect();
+                format!("?{}", pairs.join("&"))
+            });
+            format!("{scheme}://{address}{}", query.unwrap_or_default())
         }
-        None => url.to_owned(),
+        None => redact_key_values(url),
     }
+}
+
+/// `host=h password=secret` -> `host=h password=***`, quoted values (`'a b'`) included.
+fn redact_key_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("password") {
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        let after_key = from["password".len()..].trim_start();
+        let starts_a_key = before.is_empty() || before.ends_with(char::is_whitespace);
+        let Some(value) = after_key.strip_prefix('=').filter(|_| starts_a_key) else {
+            out.push_str("password");
+            rest = &from["password".len()..];
+            continue;
+        };
+        let value = value.trim_start();
+        let end = if let Some(quoted) = value.strip_prefix('\'') {
+            // Up to the closing quote; `\'` inside does not close it.
+            let mut chars = quoted.char_indices();
+            let mut close = quoted.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        chars.next();
+                    }
+                    '\'' => {
+                        close = i + 1;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            1 + close
+        } else {
+            value.find(char::is_whitespace).unwrap_or(value.len())
+        };
+        out.push_str("password=***");
+        rest = &value[end.min(value.len())..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A valid schema identifier: letters, digits and `_`, not starting with a digit.
@@ -58,9 +121,18 @@ pub(crate) fn check_schema(schema: &str) -> Result<()> {
     }
 }
 
+/// How long a connection attempt may take unless the URL says (`connect_timeout`): a server
+/// that drops packets is reported after this, not after the operating system gives up (minutes).
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connection settings of `url`, with [`CONNECT_TIMEOUT`] unless it sets its own.
 pub(crate) fn config(url: &str) -> Result<tokio_postgres::Config> {
-    tokio_postgres::Config::from_str(url)
-        .map_err(|err| pg_error(format!("invalid database URL {}: {err}", redact(url))))
+    let mut config = tokio_postgres::Config::from_str(url)
+        .map_err(|err| pg_error(format!("invalid database URL {}: {err}", redact(url))))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    Ok(config)
 }
 
 pub(crate) fn pool(mut config: tokio_postgres::Config, size: usize) -> Result<Pool> {
@@ -97,6 +169,28 @@ mod tests {
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("host=h user=u"), "host=h user=u");
+        assert_eq!(redact("postgres://u:p@ss@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact("postgres://h:1/x?password=secret&sslmode=disable"),
+            "postgres://h:1/x?password=***&sslmode=disable"
+        );
+        assert_eq!(
+            redact("host=h password=secret dbname=x"),
+            "host=h password=*** dbname=x"
+        );
+        assert_eq!(
+            redact("host=h password = 'se cr\\'et' user=u"),
+            "host=h password=*** user=u"
+        );
+        assert_eq!(redact("user=passwordless"), "user=passwordless");
+    }
+
+    #[test]
+    fn a_connection_attempt_times_out_unless_the_url_says_otherwise() {
+        let default = config("postgres://u@h/db").unwrap();
+        assert_eq!(default.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        let own = config("postgres://u@h/db?connect_timeout=3").unwrap();
+        assert_eq!(own.get_connect_timeout(), Some(&Duration::from_secs(3)));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Embedded, versioned migrations, applied under an advisory lock: concurrent migrators are
-//! safe, applied versions are never re-run, nothing is ever dropped.
+//! safe, applied versions are never re-run, and no data is ever dropped (a migration may drop
+//! or replace an index or a constraint, never a table, a column or a row).
 
 use tlo_core::Result;
 
@@ -251,6 +252,7 @@ mod tests {
             schema: schema.clone(),
             migrate: false,
             pool_size: 1,
+            ..PostgresOptions::default()
         };
         let url = url();
         let connect = || PostgresStore::connect_with(&url, unmigrated.clone());

@@ -41,6 +41,10 @@ pub struct PostgresOptions {
     pub migrate: bool,
     /// Connections in the pool (default 16).
     pub pool_size: usize,
+    /// Wake workers by LISTEN/NOTIFY (default true). False: workers find new jobs by polling
+    /// alone, every `poll_interval`; for servers reached through a pooler in transaction mode,
+    /// where a LISTEN does not stay with its connection.
+    pub listen: bool,
 }
 
 impl Default for PostgresOptions {
@@ -49,6 +53,7 @@ impl Default for PostgresOptions {
             schema: "tlo".into(),
             migrate: true,
             pool_size: 16,
+            listen: true,
         }
     }
 }
@@ -72,6 +77,8 @@ pub struct PostgresStore {
     /// with where its row lay after the claim (`ctid`, as text). The fence of each claim is
     /// its time (`claimed_at`), kept in the job.
     pub(crate) claimed: Arc<ClaimedDocs<String>>,
+    /// Whether workers are woken by LISTEN/NOTIFY ([`PostgresOptions::listen`]).
+    listen: bool,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -132,6 +139,7 @@ impl PostgresStore {
             schema: options.schema.into(),
             url: url.into(),
             claimed: Arc::default(),
+            listen: options.listen,
         };
         let mut client = store.client().await?;
         if options.migrate {
@@ -192,9 +200,19 @@ impl PostgresStore {
 }
 
 pub(crate) async fn client(pool: &Pool, url: &str) -> Result<Object> {
-    pool.get()
-        .await
-        .map_err(|err| pg_error(format!("cannot connect to {}: {err}", redact(url))))
+    pool.get().await.map_err(|err| {
+        // The cause (refused, timed out, no such database) is in the sources, not the error.
+        let mut text = format!("cannot connect to {}: {err}", redact(url));
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.ends_with(&cause_text) {
+                text.push_str(&format!(": {cause_text}"));
+            }
+            source = cause.source();
+        }
+        pg_error(text)
+    })
 }
 
 #[async_trait]
@@ -216,6 +234,9 @@ impl Store for PostgresStore {
     }
 
     fn subscribe_wakeups(&self, wake: Arc<dyn Fn() + Send + Sync>) {
+        if !self.listen {
+            return;
+        }
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(listen::listen(self.url.to_string(), self.channel(), wake));
@@ -472,13 +493,20 @@ impl Store for PostgresStore {
         check_prunable(state)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_error)?;
+        // A node of a tree stays while its root is active (a running workflow may still read
+        // its results). The root's state is a scalar subquery: looked up by primary key for
+        // each candidate only (a NOT EXISTS here may be planned as a hash over every active
+        // job, a scan of the whole table).
         let rows = tx
             .query(
                 &format!(
                     "DELETE FROM {jobs} WHERE id IN (
-                         SELECT id FROM {jobs} WHERE state = $1 AND finished_at < $2
-                           AND (unique_key IS NULL OR unique_key NOT LIKE 'process:%')
-                         LIMIT $3 FOR UPDATE SKIP LOCKED)
+                         SELECT j.id FROM {jobs} AS j WHERE j.state = $1 AND j.finished_at < $2
+                           AND (j.unique_key IS NULL OR j.unique_key NOT LIKE 'process:%')
+                           AND (j.root = j.id OR COALESCE(
+                               (SELECT r.state FROM {jobs} AS r WHERE r.id = j.root), 'gone')
+                               NOT IN ('scheduled', 'running', 'cancel_requested', 'cancelling'))
+                         LIMIT $3 FOR UPDATE OF j SKIP LOCKED)
                      RETURNING id",
                     jobs = self.t("jobs")
                 ),
