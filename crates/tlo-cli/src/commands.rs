@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use tlo::{Job, JobFilter, JobId, JobState, Schedule, SubmitOptions, Tlo};
+use tlo::{Job, JobFilter, JobId, JobState, SubmitOptions, Tlo};
 
 /// How `tlo submit --wait` reports the job's end in its exit code.
 pub(crate) fn exit_code(state: JobState) -> u8 {
@@ -35,24 +35,21 @@ fn short_time(at: Option<tlo::DateTime<tlo::Utc>>) -> String {
 pub(crate) async fn submit(
     tlo: &Tlo,
     task: &str,
-    args: Option<&str>,
+    args: Option<serde_json::Value>,
     default_args: Option<serde_json::Value>,
     queue: Option<String>,
-    delay: Option<&str>,
+    delay: Option<std::time::Duration>,
     wait: bool,
 ) -> anyhow::Result<u8> {
-    let args = match args {
-        Some(text) => {
-            serde_json::from_str(text).with_context(|| format!("--args is not JSON: {text}"))?
-        }
-        None => default_args.unwrap_or_else(|| serde_json::json!({})),
-    };
+    let args = args
+        .or(default_args)
+        .unwrap_or_else(|| serde_json::json!({}));
     let mut options = SubmitOptions::new();
     if let Some(queue) = queue {
         options = options.queue(queue);
     }
     if let Some(delay) = delay {
-        options = options.delay(Schedule::parse_interval(delay).context("--delay")?);
+        options = options.delay(delay);
     }
     let handle = tlo.submit_json(task, args, options).await?;
     println!("{}", handle.id());

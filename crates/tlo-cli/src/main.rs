@@ -53,14 +53,14 @@ enum Command {
         /// The task name.
         task: String,
         /// JSON arguments (default: the task's `args`, else `{}`).
-        #[arg(long)]
-        args: Option<String>,
+        #[arg(long, value_parser = parse_json)]
+        args: Option<serde_json::Value>,
         /// Queue to use instead of the task's.
         #[arg(long)]
         queue: Option<String>,
         /// Run no earlier than this from now: `30s`, `5m`, `1h`.
-        #[arg(long)]
-        delay: Option<String>,
+        #[arg(long, value_parser = parse_delay)]
+        delay: Option<std::time::Duration>,
         /// Follow the job to its end; the exit code says how it ended (0 done, 3 failed,
         /// 4 cancelled, 5 skipped).
         #[arg(long)]
@@ -194,6 +194,16 @@ enum WorkflowCommand {
         /// The run id.
         id: String,
     },
+}
+
+/// `--args`: JSON, refused as a usage error (exit 2) when it is not.
+fn parse_json(text: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|err| format!("not JSON ({err})"))
+}
+
+/// `--delay`: an interval such as `30s`, refused as a usage error (exit 2) when it is not.
+fn parse_delay(text: &str) -> Result<std::time::Duration, String> {
+    tlo::Schedule::parse_interval(text).map_err(|err| err.to_string())
 }
 
 /// A failure with its exit code.
@@ -371,10 +381,10 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             let code = commands::submit(
                 &tlo,
                 task,
-                args.as_deref(),
+                args.clone(),
                 default_args,
                 queue.clone(),
-                delay.as_deref(),
+                *delay,
                 wait,
             )
             .await?;

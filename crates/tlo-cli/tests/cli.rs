@@ -563,3 +563,279 @@ fn check_names_a_process_without_a_known_task_with_its_line() {
         "{stderr}"
     );
 }
+
+/// The value of `tlo show`'s `label:` line.
+fn shown_field(shown: &str, label: &str) -> String {
+    shown
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{label}:")))
+        .unwrap_or_else(|| panic!("no {label} in {shown}"))
+        .trim()
+        .to_owned()
+}
+
+/// Seconds of the day of a `YYYY-MM-DD HH:MM:SS` time as `tlo show` prints it.
+fn seconds_of_day(time: &str) -> i64 {
+    let clock = time.split(' ').nth(1).unwrap_or_else(|| panic!("{time}"));
+    clock
+        .split(':')
+        .map(|part| part.parse::<i64>().unwrap_or_else(|_| panic!("{time}")))
+        .fold(0, |seconds, part| seconds * 60 + part)
+}
+
+/// Polls `tlo show ID` until its state line says `state`; the last output.
+fn wait_for_state(config: &Path, id: &str, state: &str, deadline: Instant) -> String {
+    let wanted = format!("state:     {state}\n");
+    loop {
+        let shown = text(&run(tlo().arg("-c").arg(config).args(["show", id])).stdout);
+        if shown.contains(&wanted) {
+            return shown;
+        }
+        assert!(Instant::now() < deadline, "never {state}: {shown}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn submit_queue_puts_the_job_in_that_queue_and_only_workers_serving_it_run_it() {
+    let dir = scratch("submit-queue");
+    let config = dir.join("tlo.toml");
+    std::fs::write(
+        &config,
+        "[settings]\npoll_interval_ms = 50\nqueues = [\"default\", \"side\"]\n\n\
+         [tasks.hello]\ncommand = \"echo hello\"\n",
+    )
+    .unwrap();
+    let _run = start_run(&config);
+    let cli = |args: &[&str]| run(tlo().arg("-c").arg(&config).args(args));
+
+    let out = cli(&["submit", "hello", "--queue", "side", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let side = text(&out.stdout).lines().next().unwrap().to_string();
+    let shown = text(&cli(&["show", &side]).stdout);
+    assert!(shown.contains("queue:     side ("), "{shown}");
+
+    // A queue no worker serves: the job waits there, while a later job of the default queue runs.
+    let out = cli(&["submit", "hello", "--queue", "elsewhere"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let parked = text(&out.stdout).trim().to_string();
+    let out = cli(&["submit", "hello", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&cli(&["show", &parked]).stdout);
+    assert!(shown.contains("queue:     elsewhere ("), "{shown}");
+    assert!(shown.contains("state:     scheduled\n"), "{shown}");
+    let listed = text(&cli(&["jobs", "--state", "scheduled"]).stdout);
+    let line = listed.lines().find(|l| l.starts_with(&parked));
+    assert!(
+        line.is_some_and(|l| l.split_whitespace().nth(4) == Some("elsewhere")),
+        "{listed}"
+    );
+}
+
+#[test]
+fn submit_delay_holds_the_job_until_its_eta_then_runs_it() {
+    let dir = scratch("submit-delay");
+    let config = dir.join("tlo.toml");
+    std::fs::write(
+        &config,
+        "[settings]\npoll_interval_ms = 50\n\n[tasks.hello]\ncommand = \"echo hello\"\n",
+    )
+    .unwrap();
+    let _run = start_run(&config);
+    let cli = |args: &[&str]| run(tlo().arg("-c").arg(&config).args(args));
+
+    let submitted = Instant::now();
+    let out = cli(&["submit", "hello", "--delay", "2s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    let shown = text(&cli(&["show", &id]).stdout);
+    // Whole seconds: 2 s after creation, give or take the rounding of both times.
+    let ahead = (seconds_of_day(&shown_field(&shown, "eta"))
+        - seconds_of_day(&shown_field(&shown, "created")))
+    .rem_euclid(86_400);
+    assert!(
+        (1..=3).contains(&ahead),
+        "eta {ahead}s after creation: {shown}"
+    );
+
+    let shown = wait_for_state(
+        &config,
+        &id,
+        "done",
+        Instant::now() + Duration::from_secs(15),
+    );
+    assert!(
+        submitted.elapsed() >= Duration::from_secs(2),
+        "ran {:?} after its submit, before its eta: {shown}",
+        submitted.elapsed()
+    );
+}
+
+#[test]
+fn jobs_task_lists_only_the_jobs_of_that_task() {
+    let dir = scratch("jobs-task");
+    let config = dir.join("tlo.toml");
+    std::fs::write(
+        &config,
+        "[tasks.alpha]\ncommand = \"true\"\n\n[tasks.alphabet]\ncommand = \"true\"\n",
+    )
+    .unwrap();
+    let cli = |args: &[&str]| run(tlo().arg("-c").arg(&config).args(args));
+    let submit = |task: &str| {
+        let out = cli(&["submit", task]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).trim().to_string()
+    };
+    // No worker: the jobs stay scheduled, to be listed.
+    let alphas = [submit("alpha"), submit("alpha")];
+    let alphabet = submit("alphabet");
+
+    for (task, mine, others) in [
+        ("alpha", &alphas[..], &[alphabet.clone()][..]),
+        ("alphabet", &[alphabet.clone()][..], &alphas[..]),
+    ] {
+        let out = cli(&["jobs", "--task", task]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let listed = text(&out.stdout);
+        let rows: Vec<&str> = listed.lines().skip(1).collect();
+        assert_eq!(rows.len(), mine.len(), "--task {task}:\n{listed}");
+        assert!(
+            rows.iter()
+                .all(|row| row.split_whitespace().nth(1) == Some(task)),
+            "--task {task}:\n{listed}"
+        );
+        assert!(mine.iter().all(|id| listed.contains(id)), "{listed}");
+        assert!(!others.iter().any(|id| listed.contains(id)), "{listed}");
+    }
+}
+
+#[test]
+fn submit_wait_exits_4_when_another_terminal_cancels_the_job() {
+    use std::io::BufRead;
+
+    let dir = scratch("wait-cancelled");
+    let config = dir.join("tlo.toml");
+    std::fs::write(
+        &config,
+        "[settings]\npoll_interval_ms = 50\n\n[tasks.slow]\ncommand = \"sleep 30\"\n",
+    )
+    .unwrap();
+    let _run = start_run(&config);
+    let mut waiting = tlo()
+        .arg("-c")
+        .arg(&config)
+        .args(["submit", "slow", "--wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut id = String::new();
+    std::io::BufReader::new(waiting.stdout.take().unwrap())
+        .read_line(&mut id)
+        .unwrap();
+    let id = id.trim().to_string();
+    assert!(!id.is_empty(), "submit printed no job id");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    wait_for_state(&config, &id, "running", deadline);
+
+    let out = run(tlo().arg("-c").arg(&config).args(["cancel", &id]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (status, stderr) = exit_before(waiting, deadline, "submit --wait never returned");
+    assert_eq!(status.code(), Some(4), "cancelled jobs exit 4: {stderr}");
+    assert!(stderr.contains(&format!("job {id} cancelled")), "{stderr}");
+}
+
+#[test]
+fn unreachable_postgres_store_is_named_without_its_password() {
+    let dir = scratch("unreachable-postgres");
+    let config = dir.join("tlo.toml");
+    std::fs::write(&config, "[tasks.a]\ncommand = \"true\"\n").unwrap();
+    // Nothing listens on port 1: the connection is refused at once.
+    for (url, named) in [
+        (
+            "postgres://postgres@127.0.0.1:1/test",
+            "postgres://postgres@127.0.0.1:1/test",
+        ),
+        (
+            "postgres://u:secret@127.0.0.1:1/x",
+            "postgres://u@127.0.0.1:1/x",
+        ),
+        (
+            "postgres://u:se@cret@127.0.0.1:1/x",
+            "postgres://u@127.0.0.1:1/x",
+        ),
+        (
+            "postgres://127.0.0.1:1/x?password=secret",
+            "postgres://127.0.0.1:1/x?password=***",
+        ),
+        (
+            "host=127.0.0.1 port=1 user=u password=secret dbname=x",
+            "host=127.0.0.1 port=1 user=u password=*** dbname=x",
+        ),
+    ] {
+        let started = Instant::now();
+        let out = run(tlo()
+            .arg("-c")
+            .arg(&config)
+            .env("TLO_TASK_STATE_STORE", "postgres")
+            .env("TLO_DATABASE_URL", url)
+            .arg("jobs"));
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{url}: {stderr}");
+        assert!(stderr.contains(named), "{url}: {stderr}");
+        assert!(!stderr.contains("secret"), "the password leaked: {stderr}");
+        // The cause (here refused, or no such host) follows tokio-postgres' own words.
+        assert!(
+            stderr.contains("error connecting to server: "),
+            "the cause is given: {stderr}"
+        );
+        assert!(text(&out.stdout).is_empty(), "{}", text(&out.stdout));
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{url}: gave up after {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn submit_with_bad_args_or_delay_is_a_usage_error_that_stores_nothing() {
+    let dir = scratch("submit-usage");
+    let config = dir.join("tlo.toml");
+    std::fs::write(&config, "[tasks.a]\ncommand = \"true\"\n").unwrap();
+    let cli = |args: &[&str]| run(tlo().arg("-c").arg(&config).args(args));
+    for (args, named) in [
+        (&["submit", "a", "--args", "{bad"][..], "--args"),
+        (&["submit", "a", "--delay", "2x"][..], "--delay"),
+    ] {
+        let out = cli(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(named), "{args:?}: {stderr}");
+    }
+    let listed = cli(&["jobs"]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    assert!(
+        !text(&listed.stdout).contains(" a "),
+        "nothing was stored: {}",
+        text(&listed.stdout)
+    );
+}
+
+#[test]
+fn a_postgres_url_with_the_store_left_at_sqlite_is_refused_by_name() {
+    let dir = scratch("sqlite-postgres-url");
+    let config = dir.join("tlo.toml");
+    std::fs::write(&config, "[tasks.a]\ncommand = \"true\"\n").unwrap();
+    let out = run(tlo()
+        .arg("-c")
+        .arg(&config)
+        .current_dir(&dir)
+        .env("TLO_DATABASE_URL", "postgres://u:secret@127.0.0.1/x")
+        .arg("jobs"));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("TLO_DATABASE_URL"), "{stderr}");
+    assert!(!stderr.contains("secret"), "{stderr}");
+    assert!(!dir.join("postgres:").exists(), "no file was created");
+}

@@ -97,12 +97,23 @@ impl SqliteStore {
     }
 
     /// Opens the store named by a URL: `sqlite://relative/or/absolute.db`, `sqlite:file.db`,
-    /// or a plain path.
+    /// or a plain path. A URL of another scheme (`postgres://...`) is `Error::InvalidSetting`.
     pub fn open_url(url: &str) -> Result<SqliteStore> {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .unwrap_or(url);
+        // Another scheme (`postgres://...` with the store left at SQLite) is a mistake, not a
+        // relative path to create.
+        if let Some((scheme, _)) = path.split_once("://") {
+            return Err(Error::InvalidSetting {
+                name: "TLO_DATABASE_URL".into(),
+                value: format!("{scheme}://..."),
+                expected: "a SQLite file (path, sqlite:path); for PostgreSQL set \
+                           TLO_TASK_STATE_STORE=postgres"
+                    .into(),
+            });
+        }
         Self::open(path)
     }
 
@@ -472,8 +483,14 @@ impl Store for SqliteStore {
                 let ids: Vec<Vec<u8>> = {
                     let mut stmt = conn
                         .prepare_cached(
-                            "SELECT id FROM jobs WHERE state = ?1 AND finished_at < ?2
+                            // A node of a tree stays while its root is active (a running
+                            // workflow may still read its results): looked up by id.
+                            "SELECT id FROM jobs AS j WHERE state = ?1 AND finished_at < ?2
                              AND (unique_key IS NULL OR unique_key NOT LIKE 'process:%')
+                             AND (root = id OR NOT EXISTS (
+                                 SELECT 1 FROM jobs AS r WHERE r.id = j.root
+                                   AND r.state IN
+                                       ('scheduled', 'running', 'cancel_requested', 'cancelling')))
                              LIMIT ?3",
                         )
                         .map_err(store_error)?;
