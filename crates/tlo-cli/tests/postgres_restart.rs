@@ -1,6 +1,8 @@
 //! A PostgreSQL restart in the middle of a drain: the workers reconnect on their own and no job
 //! is lost. Restarts the local server with `pg_ctlcluster`, so it lives in its own test binary
-//! (cargo runs test binaries one at a time).
+//! (cargo runs test binaries one at a time). It restarts the first cluster under
+//! `/etc/postgresql` and checks that the server behind `TLO_TEST_DATABASE_URL` is the one that
+//! restarted.
 
 mod pg_workers;
 
@@ -23,6 +25,19 @@ fn restart_server() {
     assert!(status.success(), "restart failed: {status}");
 }
 
+/// When the server behind the tests' URL started.
+async fn server_start() -> String {
+    let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let row = client
+        .query_one("SELECT pg_postmaster_start_time()::text", &[])
+        .await
+        .unwrap();
+    row.get(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restart_mid_drain_loses_no_job() {
     const JOBS: usize = 2_000;
@@ -33,8 +48,22 @@ async fn a_server_restart_mid_drain_loses_no_job() {
         assert!(Instant::now() < deadline, "no progress");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let started_before = server_start().await;
     restart_server();
     wait_until_all_ended(&setup.store, Duration::from_secs(180)).await;
+    assert_ne!(
+        server_start().await,
+        started_before,
+        "the server the tests use (TLO_TEST_DATABASE_URL) was restarted"
+    );
+    let logs: String = ["a", "b"]
+        .iter()
+        .map(|id| std::fs::read_to_string(log(&setup, id)).unwrap())
+        .collect();
+    assert!(
+        logs.contains("lost the LISTEN connection") && logs.contains("listening again"),
+        "the workers say what happened:\n{logs}"
+    );
     let repeats = check(&setup, JOBS).await;
     // Each worker held its 8 running jobs, at most 8 claimed ahead, and at most 4 outcomes per
     // slot not yet recorded.

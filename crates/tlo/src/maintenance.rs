@@ -67,9 +67,7 @@ pub(crate) async fn heartbeat(engine: Arc<Engine>) {
 
 /// Puts back jobs whose worker vanished.
 pub(crate) async fn rescuer(engine: Arc<Engine>) {
-    let mut ticker = tokio::time::interval(
-        (engine.settings.lease / 2).clamp(Duration::from_millis(100), Duration::from_secs(5)),
-    );
+    let mut ticker = tokio::time::interval(engine.settings.rescue_interval());
     loop {
         ticker.tick().await;
         match engine.store.rescue_expired(Utc::now()).await {

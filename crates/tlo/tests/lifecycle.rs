@@ -428,3 +428,51 @@ async fn jobs_claimed_ahead_that_no_runner_takes_go_back_to_the_queue_on_sqlite(
     let tlo = sqlite_tlo(fast().concurrency(2), "claimed-ahead");
     assert_jobs_claimed_ahead_go_back_when_no_runner_takes_them(&tlo).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_new_delayed_and_retried_jobs_start_without_waiting_for_a_poll() {
+    // A poll every minute: only the in-process wake-ups can start these jobs in time.
+    let tlo = sqlite_tlo(fast().poll_interval(Duration::from_secs(60)), "wakeups");
+    let failures = Arc::new(AtomicUsize::new(0));
+    let f = failures.clone();
+    let flaky = tlo
+        .register(
+            "flaky",
+            TaskOptions::new()
+                .max_attempts(2)
+                .backoff(tlo::Backoff::fixed(ms(200))),
+            move |_ctx, _: ()| {
+                let first = f.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    if first {
+                        Err("once".to_string())
+                    } else {
+                        Ok(())
+                    }
+                }
+            },
+        )
+        .unwrap();
+    let quick = tlo
+        .register("quick", TaskOptions::new(), |_ctx, _: ()| async {
+            Ok::<_, String>(())
+        })
+        .unwrap();
+    tlo.start().unwrap();
+    let started = std::time::Instant::now();
+    let now = tlo.submit(&quick, ()).await.unwrap();
+    let later = tlo
+        .submit_with(&quick, (), SubmitOptions::new().delay(ms(300)))
+        .await
+        .unwrap();
+    let retried = tlo.submit(&flaky, ()).await.unwrap();
+    for handle in [now, later] {
+        assert_eq!(handle.wait().await.unwrap().state, JobState::Done);
+    }
+    let job = retried.wait().await.unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Done, 2));
+    let took = started.elapsed();
+    assert!(took >= ms(300), "the delayed job waited for its eta");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    tlo.stop().await.unwrap();
+}

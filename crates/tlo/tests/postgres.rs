@@ -205,3 +205,117 @@ async fn jobs_claimed_ahead_that_no_runner_takes_go_back_to_the_queue() {
     assert_jobs_claimed_ahead_go_back_when_no_runner_takes_them(&tlo).await;
     store(&schema).await.drop_schema().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_slots_fire_once_across_three_schedulers() {
+    let schema = schema("schedulers");
+    let mut schedulers = Vec::new();
+    for id in ["a", "b", "c"] {
+        let tlo = worker(&schema, id, fast().tick_interval(ms(10))).await;
+        tlo.register(
+            "tick",
+            TaskOptions::new().schedule(tlo::Schedule::every(ms(100)).unwrap()),
+            |_ctx, _: serde_json::Value| async { Ok::<_, String>(()) },
+        )
+        .unwrap();
+        tlo.start().unwrap();
+        schedulers.push(tlo);
+    }
+    tokio::time::sleep(ms(1_500)).await;
+    for tlo in &schedulers {
+        tlo.stop().await.unwrap();
+    }
+    let jobs = store(&schema)
+        .await
+        .list(&tlo::JobFilter::default().task("tick"))
+        .await
+        .unwrap();
+    let mut slots: Vec<String> = jobs
+        .iter()
+        .map(|job| job.metadata["schedule_slot"].as_str().unwrap().to_owned())
+        .collect();
+    let fired = slots.len();
+    slots.sort();
+    slots.dedup();
+    assert_eq!(slots.len(), fired, "a slot fired twice: {slots:?}");
+    // 1.5 s of 100 ms slots; the three took turns winning them.
+    assert!(fired >= 8, "only {fired} slots fired");
+    store(&schema).await.drop_schema().await.unwrap();
+}
+
+/// A worker on `schema` whose store listens (`listen`) or not, polling every `poll`, with a
+/// task `noop`.
+async fn waker_test_worker(schema: &str, listen: bool, poll: Duration) -> Tlo {
+    let options = PostgresOptions {
+        schema: schema.into(),
+        pool_size: 4,
+        listen,
+        ..PostgresOptions::default()
+    };
+    let pg = PostgresStore::connect_with(&url(), options).await.unwrap();
+    let tlo = build(
+        Tlo::builder()
+            .settings(fast().worker_id("w").poll_interval(poll))
+            .store(pg),
+    );
+    tlo.register(
+        "noop",
+        TaskOptions::new(),
+        |_ctx, _: serde_json::Value| async { Ok::<_, String>(()) },
+    )
+    .unwrap();
+    tlo.start().unwrap();
+    tlo
+}
+
+/// How long a job enqueued from another connection takes to end on `worker`.
+async fn time_to_done(worker: &Tlo, schema: &str) -> Duration {
+    // Let the worker's first claims and its LISTEN settle.
+    tokio::time::sleep(ms(300)).await;
+    let other = store(schema).await;
+    let started = Instant::now();
+    let id = other
+        .enqueue(vec![NewJob::new("noop", json!(null))])
+        .await
+        .unwrap()[0]
+        .id;
+    let job = worker.handle::<()>(id).wait().await.unwrap();
+    assert_eq!(job.state, JobState::Done);
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_wakes_a_worker_long_before_its_next_poll() {
+    let schema = schema("listen");
+    let worker = waker_test_worker(&schema, true, Duration::from_secs(30)).await;
+    let took = time_to_done(&worker, &schema).await;
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    worker.stop().await.unwrap();
+    store(&schema).await.drop_schema().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_listen_a_worker_finds_new_jobs_by_polling() {
+    let polled = schema("poll");
+    let worker = waker_test_worker(&polled, false, ms(200)).await;
+    let took = time_to_done(&worker, &polled).await;
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    worker.stop().await.unwrap();
+    store(&polled).await.drop_schema().await.unwrap();
+
+    // Polling is what found it: with no LISTEN and a long poll interval, a new job waits.
+    let unpolled = schema("poll_long");
+    let idle = waker_test_worker(&unpolled, false, Duration::from_secs(30)).await;
+    let other = store(&unpolled).await;
+    tokio::time::sleep(ms(300)).await;
+    let id = other
+        .enqueue(vec![NewJob::new("noop", json!(null))])
+        .await
+        .unwrap()[0]
+        .id;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let job = other.get(id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Scheduled, "nothing woke the worker");
+    idle.stop_with(StopBehavior::Ignore).await.unwrap();
+    other.drop_schema().await.unwrap();
+}

@@ -25,6 +25,10 @@ impl Drop for Worker {
 }
 
 pub struct Setup {
+    /// The server's URL with an `application_name` of this setup's own, which its workers'
+    /// connections carry (so that a test can find and end them).
+    pub worker_url: String,
+    pub application_name: String,
     pub dir: PathBuf,
     pub config: PathBuf,
     pub out: PathBuf,
@@ -65,7 +69,12 @@ pub async fn setup(name: &str, jobs: usize) -> Setup {
             .collect();
         store.enqueue(batch).await.unwrap();
     }
+    let application_name = schema.clone();
+    let base = url();
+    let separator = if base.contains('?') { '&' } else { '?' };
     Setup {
+        worker_url: format!("{base}{separator}application_name={application_name}"),
+        application_name,
         dir,
         config,
         out,
@@ -87,7 +96,7 @@ pub fn worker(setup: &Setup, id: &str) -> Worker {
             .arg(&setup.config)
             .arg("worker")
             .env("TLO_TASK_STATE_STORE", "postgres")
-            .env("TLO_DATABASE_URL", url())
+            .env("TLO_DATABASE_URL", &setup.worker_url)
             .env("TLO_DATABASE_SCHEMA", &setup.schema)
             .env("TLO_WORKER_ID", id)
             .env("TLO_CONCURRENCY", "8")
@@ -95,10 +104,40 @@ pub fn worker(setup: &Setup, id: &str) -> Worker {
             .env("TLO_POLL_INTERVAL_MS", "200")
             .current_dir(&setup.dir)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(log(setup, id)).unwrap())
             .spawn()
             .unwrap(),
     )
+}
+
+/// Where worker `id` writes its log.
+pub fn log(setup: &Setup, id: &str) -> PathBuf {
+    setup.dir.join(format!("worker-{id}.log"))
+}
+
+/// Waits until a quarter of `jobs` have run at least once.
+pub async fn wait_for_a_quarter(setup: &Setup, jobs: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while executions(&setup.out).len() < jobs / 4 {
+        assert!(Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Jobs done after an attempt by `worker` that ended in an error (a rescue, say).
+pub async fn retried_after(setup: &Setup, worker: &str) -> usize {
+    let done = setup
+        .store
+        .list(&JobFilter::default().state(JobState::Done))
+        .await
+        .unwrap();
+    done.iter()
+        .filter(|job| {
+            job.attempts
+                .iter()
+                .any(|a| a.worker == worker && a.error.is_some())
+        })
+        .count()
 }
 
 pub async fn wait_until_all_ended(store: &PostgresStore, limit: Duration) {

@@ -197,6 +197,23 @@ impl Settings {
         (self.lease / 3).min(Duration::from_millis(500))
     }
 
+    /// How often the orchestrator looks for jobs whose lease ran out (their worker vanished).
+    pub(crate) fn rescue_interval(&self) -> Duration {
+        (self.lease / 2).clamp(Duration::from_millis(100), Duration::from_secs(5))
+    }
+
+    /// The longest a job waits to be rescued after its worker vanished (a crash, `kill -9`, a
+    /// lost host): its lease runs out, then the next rescue pass of any orchestrator on the
+    /// store puts it back. 25 s by default (a 20 s lease, a pass every 5 s).
+    ///
+    /// ```
+    /// let settings = tlo::Settings::default();
+    /// assert!(settings.rescue_within() <= std::time::Duration::from_secs(30));
+    /// ```
+    pub fn rescue_within(&self) -> Duration {
+        self.lease + self.rescue_interval()
+    }
+
     /// How long jobs that ended in `state` are kept; `None` for active states and "forever".
     pub fn retention(&self, state: tlo_core::JobState) -> Option<Duration> {
         use tlo_core::JobState::*;

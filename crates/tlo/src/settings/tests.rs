@@ -20,6 +20,17 @@ fn defaults_when_nothing_is_set() {
 }
 
 #[test]
+fn by_default_a_vanished_workers_job_is_rescued_within_30_seconds() {
+    let defaults = Settings::default();
+    assert_eq!(defaults.rescue_within(), Duration::from_secs(25));
+    let short = SettingsBuilder::default()
+        .lease(Duration::from_secs(2))
+        .build_with_env(env(&[]))
+        .unwrap();
+    assert_eq!(short.rescue_within(), Duration::from_secs(3));
+}
+
+#[test]
 fn environment_overrides_defaults_and_builder_overrides_environment() {
     let vars = [
         ("TLO_CONCURRENCY", "4"),
