@@ -199,3 +199,82 @@ async fn a_workflow_run_survives_its_worker_being_killed() {
     assert!(lines.ends_with("slow\nlast\n"), "{lines}");
     setup.store.drop_schema().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_from_another_process_reaches_a_running_shell_job_within_a_second() {
+    let setup = setup("cancel", 0).await;
+    let started = setup.dir.join("started");
+    let reached = setup.dir.join("reached");
+    // The command notes when it starts and when the cancel reaches it (SIGTERM), in ns.
+    std::fs::write(
+        &setup.config,
+        format!(
+            "[tasks.slow]\ncommand = \"trap 'date +%s%N > {reached}; exit 1' TERM; \
+             date +%s%N > {started}; sleep 30 & wait\"\n",
+            reached = reached.display(),
+            started = started.display()
+        ),
+    )
+    .unwrap();
+    let _worker = worker(&setup, "a");
+    let tlo = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tlo"))
+            .arg("-c")
+            .arg(&setup.config)
+            .args(args)
+            .env("TLO_TASK_STATE_STORE", "postgres")
+            .env("TLO_DATABASE_URL", url())
+            .env("TLO_DATABASE_SCHEMA", &setup.schema)
+            .output()
+            .unwrap()
+    };
+    let submitted = tlo(&["submit", "slow"]);
+    assert!(
+        submitted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submitted.stderr)
+    );
+    let id = String::from_utf8_lossy(&submitted.stdout).trim().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "the job never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked = std::time::SystemTime::now();
+    let cancelled = tlo(&["cancel", &id]);
+    assert!(
+        cancelled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cancelled.stderr)
+    );
+    while std::fs::read_to_string(&reached).map_or(true, |t| t.trim().is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "the cancel never reached the job"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reached_ns: u128 = std::fs::read_to_string(&reached)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let asked_ns = asked
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let took = Duration::from_nanos(reached_ns.saturating_sub(asked_ns) as u64);
+    assert!(took < Duration::from_secs(1), "the cancel took {took:?}");
+    let id: tlo::JobId = id.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let job = setup.store.get(id).await.unwrap().unwrap();
+        if job.state.is_end() {
+            assert_eq!(job.state, JobState::Cancelled, "{:?}", job.error);
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {}", job.state);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    setup.store.drop_schema().await.unwrap();
+}
