@@ -839,3 +839,54 @@ fn a_postgres_url_with_the_store_left_at_sqlite_is_refused_by_name() {
     assert!(!stderr.contains("secret"), "{stderr}");
     assert!(!dir.join("postgres:").exists(), "no file was created");
 }
+
+#[test]
+fn submit_wait_on_a_terminal_draws_the_progress_a_shell_command_reports() {
+    let dir = scratch("progress-bar");
+    let config = dir.join("tlo.toml");
+    std::fs::write(
+        &config,
+        "[settings]\npoll_interval_ms = 50\n\n[tasks.steps]\ncommand = \"\
+         echo '::progress 40 halfway'; sleep 1; echo '::progress 100 all done'; echo plain\"\n",
+    )
+    .unwrap();
+    let _run = start_run(&config);
+    // `script` gives the submit a terminal, as a person at a shell has.
+    let submit = format!(
+        "{} -c {} submit steps --wait",
+        env!("CARGO_BIN_EXE_tlo"),
+        config.display()
+    );
+    let mut command = Command::new("script");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TLO_") {
+            command.env_remove(key);
+        }
+    }
+    let out = run(command.args(["-qec", &submit, "/dev/null"]));
+    let screen = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{screen}");
+    assert!(
+        screen.contains("[########............]  40.0% running halfway"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("[####################] 100.0% done all done"),
+        "{screen}"
+    );
+    let id = screen
+        .split_whitespace()
+        .find(|word| word.len() == 36 && word.matches('-').count() == 4)
+        .expect("the job id")
+        .to_owned();
+    let shown = text(&run(tlo().arg("-c").arg(&config).args(["show", &id])).stdout);
+    assert!(shown.contains("progress:  100.0% all done"), "{shown}");
+    assert!(
+        shown.contains("plain"),
+        "ordinary output is logged: {shown}"
+    );
+    assert!(
+        !shown.contains("::progress"),
+        "progress lines are not: {shown}"
+    );
+}

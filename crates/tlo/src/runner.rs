@@ -8,14 +8,14 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::FutureExt;
 use serde_json::Value;
-use tlo_core::{Completion, Job, JobState, Outcome};
+use tlo_core::{Completion, Job, JobState, LogLevel, Outcome};
 
 use crate::batch::Finished;
 use crate::context::TaskContext;
 use crate::engine::{Engine, StopMode};
 use crate::events::{Hooks, JobEventKind};
 use crate::metrics::Count;
-use crate::shell::{ShellFailure, ShellRun, run_shell};
+use crate::shell::{ShellFailure, ShellRun, progress_line, run_shell};
 use crate::task::{Handler, HandlerError, HandlerFuture, TaskDef};
 
 fn elapsed_secs(d: Duration) -> String {
@@ -199,13 +199,20 @@ async fn execute(
                     grace,
                 };
                 let log_ctx = ctx.clone();
-                run_shell(&command, run, move |level, line| log_ctx.log(level, line))
-                    .await
-                    .map_err(|failure| match failure {
-                        ShellFailure::Failed(error) => HandlerError::Failed(error),
-                        ShellFailure::Cancelled => HandlerError::Cancelled,
-                        ShellFailure::Forced(error) => HandlerError::Forced(error),
-                    })
+                run_shell(&command, run, move |level, line| {
+                    match (level, progress_line(&line)) {
+                        (LogLevel::Info, Some((percent, message))) => {
+                            log_ctx.report_progress(percent, message)
+                        }
+                        _ => log_ctx.log(level, line),
+                    }
+                })
+                .await
+                .map_err(|failure| match failure {
+                    ShellFailure::Failed(error) => HandlerError::Failed(error),
+                    ShellFailure::Cancelled => HandlerError::Cancelled,
+                    ShellFailure::Forced(error) => HandlerError::Forced(error),
+                })
             };
             // The runner escalates SIGTERM to SIGKILL itself; give it time to report.
             (Box::pin(fut), grace + Duration::from_secs(1))

@@ -16,6 +16,18 @@ use crate::template::Template;
 /// Longest log line kept from a subprocess; longer lines are cut with a marker.
 const MAX_LINE: usize = 64 * 1024;
 
+/// What a command prints on stdout to report its progress: `::progress 40 copying files`.
+const PROGRESS: &str = "::progress ";
+
+/// The progress a stdout line reports (`::progress PERCENT [MESSAGE]`, percent 0-100), or
+/// `None` for an ordinary line (logged as it is).
+pub(crate) fn progress_line(line: &str) -> Option<(f64, String)> {
+    let rest = line.strip_prefix(PROGRESS)?.trim_start();
+    let (percent, message) = rest.split_once(' ').unwrap_or((rest, ""));
+    let percent: f64 = percent.parse().ok().filter(|p: &f64| p.is_finite())?;
+    Some((percent, message.trim().to_owned()))
+}
+
 /// A task that runs a shell command; `{name}` placeholders are filled from the job's arguments,
 /// each value quoted for the shell.
 ///
@@ -145,7 +157,8 @@ async fn pump(
     }
 }
 
-/// Runs `cmd` for one job: stdout lines are logged at `info`, stderr at `warning`. On cancel the
+/// Runs `cmd` for one job: stdout lines are logged at `info` (except progress lines, see
+/// [`progress_line`]: the caller's `log` tells them apart), stderr at `warning`. On cancel the
 /// process group gets SIGTERM, then SIGKILL after the grace period.
 /// Has the kernel kill the command (SIGKILL) if the worker process dies first, so that a worker
 /// killed with SIGKILL leaves no command running on while its job is rescued and run again.
@@ -275,6 +288,22 @@ mod tests {
         };
         let result = run_shell(&cmd, run, |level, line| lines.lock().push((level, line))).await;
         (result, lines.into_inner())
+    }
+
+    #[test]
+    fn progress_lines_are_told_from_ordinary_output() {
+        assert_eq!(
+            progress_line("::progress 40 copying files"),
+            Some((40.0, "copying files".to_owned()))
+        );
+        assert_eq!(
+            progress_line("::progress 12.5"),
+            Some((12.5, String::new()))
+        );
+        assert_eq!(progress_line("::progress lots"), None);
+        assert_eq!(progress_line("::progress NaN"), None);
+        assert_eq!(progress_line("progress 40"), None);
+        assert_eq!(progress_line(" ::progress 40"), None);
     }
 
     #[tokio::test]
