@@ -761,16 +761,16 @@ fn unreachable_postgres_store_is_named_without_its_password() {
             "postgres://u@127.0.0.1:1/x",
         ),
         (
-            "postgres://u:se@cret@127.0.0.1:1/x",
+            "postgres://u:se?cret@127.0.0.1:1/x",
             "postgres://u@127.0.0.1:1/x",
         ),
         (
             "postgres://127.0.0.1:1/x?password=secret",
-            "postgres://127.0.0.1:1/x?password=***",
+            "postgres://127.0.0.1:1/x",
         ),
         (
             "host=127.0.0.1 port=1 user=u password=secret dbname=x",
-            "host=127.0.0.1 port=1 user=u password=*** dbname=x",
+            "postgres://u@127.0.0.1:1/x",
         ),
     ] {
         let started = Instant::now();
@@ -783,7 +783,7 @@ fn unreachable_postgres_store_is_named_without_its_password() {
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{url}: {stderr}");
         assert!(stderr.contains(named), "{url}: {stderr}");
-        assert!(!stderr.contains("secret"), "the password leaked: {stderr}");
+        assert!(!stderr.contains("cret"), "the password leaked: {stderr}");
         // The cause (here refused, or no such host) follows tokio-postgres' own words.
         assert!(
             stderr.contains("error connecting to server: "),

@@ -1,6 +1,7 @@
 //! LISTEN/NOTIFY wake-ups on a dedicated connection that reconnects with backoff.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::poll_fn;
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -14,7 +15,16 @@ pub(crate) async fn listen(url: String, channel: String, wake: Arc<dyn Fn() + Se
     let mut failures = 0;
     loop {
         let connected = match config(&url) {
-            Ok(config) => config.connect(NoTls).await.map_err(|err| err.to_string()),
+            Ok(mut config) => {
+                // A connection that only listens sends nothing: without keepalives a server
+                // gone silent (a half-open connection) would go unnoticed for hours.
+                config
+                    .keepalives(true)
+                    .keepalives_idle(Duration::from_secs(30))
+                    .keepalives_interval(Duration::from_secs(10))
+                    .keepalives_retries(3);
+                config.connect(NoTls).await.map_err(|err| err.to_string())
+            }
             Err(err) => Err(err.to_string()),
         };
         match connected {

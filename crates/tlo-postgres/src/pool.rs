@@ -26,80 +26,42 @@ pub(crate) fn db_error(err: tokio_postgres::Error) -> Error {
     }
 }
 
-/// A connection string fit to show: the password left out of every form tokio-postgres reads.
-/// `postgres://user:secret@host/db` -> `postgres://user@host/db`; a `password` parameter
-/// (`?password=secret`, `password=secret host=h`) keeps its name and loses its value (`***`).
+/// A connection string fit to show: rebuilt from what tokio-postgres reads in it (user, hosts,
+/// ports, database), so no password can show, whatever form or escaping it was written in.
+/// `postgres://user:secret@host/db` -> `postgres://user@host/db`; `host=h user=u password=x`
+/// -> `postgres://u@h`. A string tokio-postgres cannot read is not shown at all.
 pub(crate) fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (address, query) = match rest.split_once('?') {
-                Some((address, query)) => (address, Some(query)),
-                None => (rest, None),
+    use tokio_postgres::config::Host;
+    let Ok(config) = tokio_postgres::Config::from_str(url) else {
+        return "<an unreadable connection string>".to_owned();
+    };
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let host = match host {
+                Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                Host::Unix(path) => path.display().to_string(),
             };
-            // The user information ends at the last `@`: a password may hold one unencoded.
-            let address = match address.rsplit_once('@') {
-                Some((user, host)) => {
-                    let user = user.split(':').next().unwrap_or(user);
-                    format!("{user}@{host}")
-                }
-                None => address.to_owned(),
-            };
-            let query = query.map(|query| {
-                let pairs: Vec<String> = query
-                    .split('&')
-                    .map(|pair| match pair.split_once('=') {
-                        Some(("password", _)) => "password=***".to_owned(),
-                        _ => pair.to_owned(),
-                    })
-                    .collect();
-                format!("?{}", pairs.join("&"))
-            });
-            format!("{scheme}://{address}{}", query.unwrap_or_default())
-        }
-        None => redact_key_values(url),
-    }
-}
-
-/// `host=h password=secret` -> `host=h password=***`, quoted values (`'a b'`) included.
-fn redact_key_values(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("password") {
-        let (before, from) = rest.split_at(at);
-        out.push_str(before);
-        let after_key = from["password".len()..].trim_start();
-        let starts_a_key = before.is_empty() || before.ends_with(char::is_whitespace);
-        let Some(value) = after_key.strip_prefix('=').filter(|_| starts_a_key) else {
-            out.push_str("password");
-            rest = &from["password".len()..];
-            continue;
-        };
-        let value = value.trim_start();
-        let end = if let Some(quoted) = value.strip_prefix('\'') {
-            // Up to the closing quote; `\'` inside does not close it.
-            let mut chars = quoted.char_indices();
-            let mut close = quoted.len();
-            while let Some((i, c)) = chars.next() {
-                match c {
-                    '\\' => {
-                        chars.next();
-                    }
-                    '\'' => {
-                        close = i + 1;
-                        break;
-                    }
-                    _ => {}
-                }
+            // One port for all hosts, or one each.
+            match ports.get(i).or(ports.first().filter(|_| ports.len() == 1)) {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
             }
-            1 + close
-        } else {
-            value.find(char::is_whitespace).unwrap_or(value.len())
-        };
-        out.push_str("password=***");
-        rest = &value[end.min(value.len())..];
-    }
-    out.push_str(rest);
-    out
+        })
+        .collect();
+    let user = config
+        .get_user()
+        .map(|user| format!("{user}@"))
+        .unwrap_or_default();
+    let dbname = config
+        .get_dbname()
+        .map(|db| format!("/{db}"))
+        .unwrap_or_default();
+    format!("postgres://{user}{}{dbname}", hosts.join(","))
 }
 
 /// A valid schema identifier: letters, digits and `_`, not starting with a digit.
@@ -121,15 +83,17 @@ pub(crate) fn check_schema(schema: &str) -> Result<()> {
     }
 }
 
-/// How long a connection attempt may take unless the URL says (`connect_timeout`): a server
-/// that drops packets is reported after this, not after the operating system gives up (minutes).
+/// How long a connection attempt may take (for each of the URL's addresses) unless the URL says
+/// (`connect_timeout`): a server that drops packets is reported after this, not after the
+/// operating system gives up (minutes).
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The connection settings of `url`, with [`CONNECT_TIMEOUT`] unless it sets its own.
 pub(crate) fn config(url: &str) -> Result<tokio_postgres::Config> {
     let mut config = tokio_postgres::Config::from_str(url)
         .map_err(|err| pg_error(format!("invalid database URL {}: {err}", redact(url))))?;
-    if config.get_connect_timeout().is_none() {
+    // `connect_timeout=0` (wait as long as it takes) reads as unset: keep it.
+    if config.get_connect_timeout().is_none() && !url.contains("connect_timeout") {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
     Ok(config)
@@ -163,26 +127,36 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u@h:5432/db"
-        );
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact("host=h user=u"), "host=h user=u");
-        assert_eq!(redact("postgres://u:p@ss@h/db"), "postgres://u@h/db");
-        assert_eq!(
-            redact("postgres://h:1/x?password=secret&sslmode=disable"),
-            "postgres://h:1/x?password=***&sslmode=disable"
-        );
-        assert_eq!(
-            redact("host=h password=secret dbname=x"),
-            "host=h password=*** dbname=x"
-        );
-        assert_eq!(
-            redact("host=h password = 'se cr\\'et' user=u"),
-            "host=h password=*** user=u"
-        );
-        assert_eq!(redact("user=passwordless"), "user=passwordless");
+        for (given, shown) in [
+            ("postgres://u:secret@h:5432/db", "postgres://u@h:5432/db"),
+            ("postgres://u@h/db", "postgres://u@h:5432/db"),
+            (
+                "postgresql://u:secret@h1:1,h2:2/db",
+                "postgres://u@h1:1,h2:2/db",
+            ),
+            ("host=h user=u", "postgres://u@h"),
+            (
+                "postgres://h:1/x?password=secret&sslmode=disable",
+                "postgres://h:1/x",
+            ),
+            ("host=h password=secret dbname=x", "postgres://h/x"),
+            ("host=h password='se cr\\'et' user=u", "postgres://u@h"),
+            ("host=h password=se\\ cret user=u", "postgres://u@h"),
+            ("postgres://u:se?cret@h/db", "postgres://u@h:5432/db"),
+            (
+                "postgres://u@h/db?pass%77ord=secret",
+                "postgres://u@h:5432/db",
+            ),
+            (
+                "host=h password=secret application_name=http://x",
+                "postgres://h",
+            ),
+            ("password=a://secret host=h", "postgres://h"),
+        ] {
+            assert_eq!(redact(given), shown, "{given}");
+        }
+        assert!(!redact("postgres://u:secret@h/db?bogus=1").contains("secret"));
+        assert!(!redact("not a url secret=").contains("secret"));
     }
 
     #[test]
@@ -191,6 +165,8 @@ mod tests {
         assert_eq!(default.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
         let own = config("postgres://u@h/db?connect_timeout=3").unwrap();
         assert_eq!(own.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        let forever = config("postgres://u@h/db?connect_timeout=0").unwrap();
+        assert_eq!(forever.get_connect_timeout(), None);
     }
 
     #[test]
