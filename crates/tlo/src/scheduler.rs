@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use tlo_core::{JobFilter, JobState, Result};
+use tlo_core::{Job, JobFilter, JobState, Result};
 
 use crate::engine::{Engine, SubmitOptions};
 use crate::schedule::Schedule;
@@ -46,7 +46,13 @@ fn failed(engine: &Engine, schedules: &str, ticked: Result<()>) -> Option<tlo_co
     None
 }
 
-/// One tick for one task: fire the due slots it wins, honouring overlap and misfire rules.
+/// One tick for one task: fire its due slots, each exactly once across any number of
+/// schedulers, honouring overlap and misfire rules.
+///
+/// A slot's job is submitted before the slot is claimed, under a unique key of the slot's own:
+/// a scheduler that dies (or meets a store error) between the two leaves the slot due, and the
+/// next scheduler to take it finds the job already there instead of submitting another; one
+/// that died before submitting leaves the slot due too, so no slot is lost either.
 pub(crate) async fn tick(
     engine: &Arc<Engine>,
     def: &TaskDef,
@@ -57,27 +63,43 @@ pub(crate) async fn tick(
         return Ok(());
     };
     let name = def.name();
-    for slot in won_slots(engine, name, schedule, first_seen, now).await? {
-        if !schedule.overlap_allowed() && has_active_run(engine, name).await? {
-            tracing::info!(task = name, %slot, "schedule slot skipped: previous run still active");
-            continue;
+    for slot in due_slots(engine, name, schedule, first_seen, now).await? {
+        let key = slot_key(name, slot);
+        if !schedule.overlap_allowed() {
+            // This slot's own job (submitted by a scheduler that stopped short of claiming the
+            // slot) is no reason to skip the slot.
+            let previous = active_run(engine, name)
+                .await?
+                .filter(|active| active.unique_key.as_deref() != Some(key.as_str()));
+            if previous.is_some() {
+                if engine.store.claim_schedule_slot(name, slot).await? {
+                    tracing::info!(task = name, %slot, "schedule slot skipped: previous run still active");
+                }
+                continue;
+            }
         }
         let args = def
             .options
             .schedule_args
             .clone()
             .unwrap_or_else(|| json!({}));
-        let options =
-            SubmitOptions::new().metadata("schedule_slot", Value::from(slot.to_rfc3339()));
+        let options = SubmitOptions::new()
+            .metadata("schedule_slot", Value::from(slot.to_rfc3339()))
+            .unique_key(key);
         engine.submit(name, args, options, false).await?;
+        engine.store.claim_schedule_slot(name, slot).await?;
     }
     Ok(())
 }
 
-/// The due slots of the schedule `name` that this scheduler wins, oldest first: each is claimed
-/// in the store, so any number of schedulers fire it once. Slots the misfire policy skips are
-/// recorded as passed.
-pub(crate) async fn won_slots(
+/// The unique key of the job of `task`'s schedule slot `slot`.
+fn slot_key(task: &str, slot: DateTime<Utc>) -> String {
+    format!("schedule:{task}:{}", slot.to_rfc3339())
+}
+
+/// The due slots of the schedule `name` not yet claimed, oldest first; slots the misfire policy
+/// skips are recorded as passed.
+async fn due_slots(
     engine: &Engine,
     name: &str,
     schedule: &Schedule,
@@ -91,8 +113,21 @@ pub(crate) async fn won_slots(
             tracing::info!(schedule = name, %slot, "missed schedule slots skipped (misfire policy)");
         }
     }
-    let mut won = Vec::with_capacity(decision.fire.len());
-    for slot in decision.fire {
+    Ok(decision.fire)
+}
+
+/// The due slots of the schedule `name` that this scheduler wins, oldest first: each is claimed
+/// in the store, so any number of schedulers fire it once. Slots the misfire policy skips are
+/// recorded as passed.
+pub(crate) async fn won_slots(
+    engine: &Engine,
+    name: &str,
+    schedule: &Schedule,
+    first_seen: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Vec<DateTime<Utc>>> {
+    let mut won = Vec::new();
+    for slot in due_slots(engine, name, schedule, first_seen, now).await? {
         // Lost: another scheduler fired this slot.
         if engine.store.claim_schedule_slot(name, slot).await? {
             won.push(slot);
@@ -101,7 +136,8 @@ pub(crate) async fn won_slots(
     Ok(won)
 }
 
-async fn has_active_run(engine: &Engine, task: &str) -> Result<bool> {
+/// A job of `task` still active, if any.
+async fn active_run(engine: &Engine, task: &str) -> Result<Option<Job>> {
     let filter = JobFilter {
         states: vec![
             JobState::Scheduled,
@@ -113,5 +149,54 @@ async fn has_active_run(engine: &Engine, task: &str) -> Result<bool> {
         limit: Some(1),
         ..JobFilter::default()
     };
-    Ok(!engine.store.list(&filter).await?.is_empty())
+    Ok(engine.store.list(&filter).await?.pop())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{TaskOptions, Tlo};
+
+    /// A scheduler that submitted a slot's job and died before claiming the slot: the next tick
+    /// claims the slot and finds the job there, so the slot still fires exactly once.
+    #[tokio::test]
+    async fn a_slot_whose_job_went_in_but_was_never_claimed_fires_once() {
+        let tlo = Tlo::builder().build_with_env(|_| None).unwrap();
+        tlo.register(
+            "report",
+            TaskOptions::new()
+                .schedule(Schedule::every(std::time::Duration::from_secs(3600)).unwrap()),
+            |_ctx, _: Value| async { Ok::<_, String>(()) },
+        )
+        .unwrap();
+        let engine = tlo.engine();
+        let def = engine.registry.require("report").unwrap();
+        let schedule = def.options.schedule.clone().unwrap();
+        let now = Utc::now();
+        let slots = due_slots(engine, "report", &schedule, now, now)
+            .await
+            .unwrap();
+        assert_eq!(slots.len(), 1, "the first tick fires one slot");
+        // What the dead scheduler did: the slot's job, no claim.
+        let options = SubmitOptions::new()
+            .metadata("schedule_slot", Value::from(slots[0].to_rfc3339()))
+            .unique_key(slot_key("report", slots[0]));
+        engine
+            .submit("report", json!({}), options, false)
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            tick(engine, &def, now, now).await.unwrap();
+        }
+        let jobs = engine
+            .store
+            .list(&JobFilter::default().task("report"))
+            .await
+            .unwrap();
+        assert_eq!(jobs.len(), 1, "{jobs:?}");
+        assert_eq!(
+            engine.store.last_schedule_slot("report").await.unwrap(),
+            Some(slots[0])
+        );
+    }
 }
