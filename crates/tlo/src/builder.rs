@@ -207,7 +207,7 @@ async fn open_store_async(settings: &Settings) -> Result<Opened> {
                 schema: settings.database_schema.clone(),
                 migrate: settings.migrate,
                 pool_size: (settings.concurrency + 4).min(32),
-                listen: true,
+                listen: settings.postgres_listen,
             };
             let store = tlo_postgres::PostgresStore::connect_with(url, options).await?;
             let locker = Arc::new(store.locker()) as Arc<dyn Locker>;

@@ -51,6 +51,8 @@ impl SettingsBuilder {
         database_schema: impl Into<String>, "TLO_DATABASE_SCHEMA", |s, v| s.database_schema = v.into());
     setter!(/// Apply pending migrations when connecting.
         migrate: bool, "TLO_MIGRATE", |s, v| s.migrate = v);
+    setter!(/// Wake workers by PostgreSQL's LISTEN/NOTIFY (false: poll only).
+        postgres_listen: bool, "TLO_POSTGRES_LISTEN", |s, v| s.postgres_listen = v);
     setter!(/// The store URL.
         database_url: impl Into<String>, "TLO_DATABASE_URL", |s, v| s.database_url = Some(v.into()));
     setter!(/// The queues this worker serves.
@@ -144,6 +146,7 @@ fn copy_field(to: &mut Settings, from: &Settings, var: &str) {
         "TLO_DATABASE_URL" => to.database_url = from.database_url.clone(),
         "TLO_DATABASE_SCHEMA" => to.database_schema = from.database_schema.clone(),
         "TLO_MIGRATE" => to.migrate = from.migrate,
+        "TLO_POSTGRES_LISTEN" => to.postgres_listen = from.postgres_listen,
         "TLO_QUEUE_CONCURRENCY" => to.queue_concurrency = from.queue_concurrency.clone(),
         "TLO_QUEUES" => to.queues = from.queues.clone(),
         "TLO_BLOCKING_THREADS" => to.blocking_threads = from.blocking_threads,

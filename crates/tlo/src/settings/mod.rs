@@ -129,6 +129,9 @@ pub struct Settings {
     /// `TLO_MIGRATE`: apply pending migrations when connecting (default true; `tlo migrate`
     /// always does).
     pub migrate: bool,
+    /// `TLO_POSTGRES_LISTEN`: wake workers by PostgreSQL's LISTEN/NOTIFY (default true); false
+    /// polls only (`TLO_POLL_INTERVAL_MS`).
+    pub postgres_listen: bool,
     /// `TLO_CONCURRENCY`: jobs running at once in this process.
     pub concurrency: usize,
     /// `TLO_QUEUE_CONCURRENCY`: per-queue caps.
@@ -171,6 +174,7 @@ impl Default for Settings {
             database_url: None,
             database_schema: "tlo".into(),
             migrate: true,
+            postgres_listen: true,
             concurrency: 16,
             queue_concurrency: BTreeMap::new(),
             queues: Vec::new(),
@@ -276,6 +280,11 @@ impl Settings {
             "TLO_MIGRATE",
             "true",
             "apply pending migrations when connecting",
+        ),
+        (
+            "TLO_POSTGRES_LISTEN",
+            "true",
+            "wake workers by LISTEN/NOTIFY (false: poll only)",
         ),
         ("TLO_CONCURRENCY", "16", "jobs running at once"),
         (

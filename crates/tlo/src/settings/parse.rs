@@ -106,6 +106,7 @@ pub(super) fn apply(settings: &mut Settings, var: &str, value: &str) -> Result<(
         "TLO_DATABASE_URL" => settings.database_url = Some(value.trim().to_owned()),
         "TLO_DATABASE_SCHEMA" => settings.database_schema = value.trim().to_owned(),
         "TLO_MIGRATE" => settings.migrate = boolean(var, value)?,
+        "TLO_POSTGRES_LISTEN" => settings.postgres_listen = boolean(var, value)?,
         "TLO_CONCURRENCY" => settings.concurrency = positive_usize(var, value)?,
         "TLO_QUEUE_CONCURRENCY" => settings.queue_concurrency = queue_caps(var, value)?,
         "TLO_QUEUES" => settings.queues = list(value),

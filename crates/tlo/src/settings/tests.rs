@@ -31,6 +31,19 @@ fn by_default_a_vanished_workers_job_is_rescued_within_30_seconds() {
 }
 
 #[test]
+fn postgres_listen_is_on_unless_turned_off() {
+    assert!(Settings::default().postgres_listen);
+    let off = SettingsBuilder::default()
+        .build_with_env(env(&[("TLO_POSTGRES_LISTEN", "false")]))
+        .unwrap();
+    assert!(!off.postgres_listen);
+    let err = SettingsBuilder::default()
+        .build_with_env(env(&[("TLO_POSTGRES_LISTEN", "sometimes")]))
+        .unwrap_err();
+    assert!(err.to_string().contains("TLO_POSTGRES_LISTEN"), "{err}");
+}
+
+#[test]
 fn environment_overrides_defaults_and_builder_overrides_environment() {
     let vars = [
         ("TLO_CONCURRENCY", "4"),
