@@ -36,11 +36,14 @@ async fn a_worker_killed_mid_drain_loses_no_job() {
     let repeats = check(&setup, JOBS).await;
     // The jobs the victim held are those whose attempt there ended in the rescue's error: at
     // most its 8 running jobs, 8 claimed ahead, and 4 outcomes per slot not yet recorded.
-    let held = retried_after(&setup, "victim").await;
+    let held = retried_after(&setup, Some("victim")).await;
     assert!(held <= 8 + 8 + 4 * 8, "the victim held {held} jobs");
+    // Only a job whose attempt ended in an error ran again: the victim's, or (on a loaded
+    // machine) one whose lease a surviving worker could not renew in time.
+    let retried = retried_after(&setup, None).await;
     assert!(
-        repeats <= held,
-        "{repeats} re-executions, more than the jobs the victim held ({held})"
+        repeats <= retried,
+        "{repeats} re-executions, more than the jobs retried ({retried}; {held} the victim's)"
     );
     setup.store.drop_schema().await.unwrap();
 }
@@ -218,7 +221,13 @@ async fn a_cancel_from_another_process_reaches_a_running_shell_job_within_a_seco
     .unwrap();
     let _worker = worker(&setup, "a");
     let tlo = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_tlo"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tlo"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("TLO_") {
+                command.env_remove(key);
+            }
+        }
+        command
             .arg("-c")
             .arg(&setup.config)
             .args(args)
@@ -240,8 +249,9 @@ async fn a_cancel_from_another_process_reaches_a_running_shell_job_within_a_seco
         assert!(Instant::now() < deadline, "the job never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let asked = std::time::SystemTime::now();
     let cancelled = tlo(&["cancel", &id]);
+    // The request is in the store once `tlo cancel` returns: the clock starts there.
+    let asked = std::time::SystemTime::now();
     assert!(
         cancelled.status.success(),
         "{}",

@@ -56,14 +56,22 @@ async fn a_server_restart_mid_drain_loses_no_job() {
         started_before,
         "the server the tests use (TLO_TEST_DATABASE_URL) was restarted"
     );
-    let logs: String = ["a", "b"]
-        .iter()
-        .map(|id| std::fs::read_to_string(log(&setup, id)).unwrap())
-        .collect();
-    assert!(
-        logs.contains("lost the LISTEN connection") && logs.contains("listening again"),
-        "the workers say what happened:\n{logs}"
-    );
+    // The LISTEN connection may come back after the drain (its backoff reaches 5 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs: String = ["a", "b"]
+            .iter()
+            .map(|id| std::fs::read_to_string(log(&setup, id)).unwrap())
+            .collect();
+        if logs.contains("lost the LISTEN connection") && logs.contains("listening again") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the workers say what happened:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let repeats = check(&setup, JOBS).await;
     // Each worker held its 8 running jobs, at most 8 claimed ahead, and at most 4 outcomes per
     // slot not yet recorded.

@@ -214,7 +214,9 @@ async fn schedule_slots_fire_once_across_three_schedulers() {
         let tlo = worker(&schema, id, fast().tick_interval(ms(10))).await;
         tlo.register(
             "tick",
-            TaskOptions::new().schedule(tlo::Schedule::every(ms(100)).unwrap()),
+            // Overlap allowed: a slot is never skipped for a run still being recorded, so every
+            // slot is contended by all three.
+            TaskOptions::new().schedule(tlo::Schedule::every(ms(100)).unwrap().allow_overlap(true)),
             |_ctx, _: serde_json::Value| async { Ok::<_, String>(()) },
         )
         .unwrap();

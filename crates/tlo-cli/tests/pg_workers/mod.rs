@@ -124,8 +124,9 @@ pub async fn wait_for_a_quarter(setup: &Setup, jobs: usize) {
     }
 }
 
-/// Jobs done after an attempt by `worker` that ended in an error (a rescue, say).
-pub async fn retried_after(setup: &Setup, worker: &str) -> usize {
+/// Jobs done after an attempt that ended in an error (a rescue, say) by `worker`, or by any
+/// worker (`None`).
+pub async fn retried_after(setup: &Setup, worker: Option<&str>) -> usize {
     let done = setup
         .store
         .list(&JobFilter::default().state(JobState::Done))
@@ -135,7 +136,7 @@ pub async fn retried_after(setup: &Setup, worker: &str) -> usize {
         .filter(|job| {
             job.attempts
                 .iter()
-                .any(|a| a.worker == worker && a.error.is_some())
+                .any(|a| worker.is_none_or(|w| a.worker == w) && a.error.is_some())
         })
         .count()
 }
