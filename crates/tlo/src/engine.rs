@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -122,6 +122,9 @@ pub(crate) struct Engine {
     pub(crate) in_flight: AtomicUsize,
     /// Jobs running beside the slots (workflow coordinators).
     pub(crate) side_jobs: AtomicUsize,
+    /// Claims that failed in a row (the store unreachable): the dispatcher backs off, and only
+    /// the first failure and the recovery are logged at warning and info.
+    pub(crate) claim_failures: AtomicU32,
     /// Per-queue count of `in_flight`, kept only when per-queue limits are set.
     pub(crate) queue_in_flight: Mutex<HashMap<String, usize>>,
     /// Wakes the dispatcher: new work (here or, through the store, elsewhere), or a free slot.
@@ -197,6 +200,7 @@ impl Engine {
             running: Mutex::new(JobIdMap::default()),
             in_flight: AtomicUsize::new(0),
             side_jobs: AtomicUsize::new(0),
+            claim_failures: AtomicU32::new(0),
             queue_in_flight: Mutex::new(HashMap::new()),
             wake,
             finished: Notify::new(),

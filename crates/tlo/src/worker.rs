@@ -88,9 +88,20 @@ impl Engine {
             return Vec::new();
         };
         let jobs = match self.store.claim(&request).await {
-            Ok(jobs) => jobs,
+            Ok(jobs) => {
+                let failed = self.claim_failures.swap(0, Ordering::AcqRel);
+                if failed > 0 {
+                    tracing::info!(failed, "claiming jobs works again");
+                }
+                jobs
+            }
             Err(err) => {
-                tracing::warn!(error = %err, "claiming jobs failed; will retry");
+                // Once per outage, not once per poll: the store may be down for minutes.
+                if self.claim_failures.fetch_add(1, Ordering::AcqRel) == 0 {
+                    tracing::warn!(error = %err, "claiming jobs failed; retrying with backoff");
+                } else {
+                    tracing::debug!(error = %err, "claiming jobs failed again");
+                }
                 return Vec::new();
             }
         };
@@ -219,12 +230,25 @@ pub(crate) async fn dispatch(engine: Arc<Engine>) {
                 _ => poll,
             }
         };
+        // While claims fail, poll less and less often (0.2 s doubling to 5 s); a wake-up (a
+        // LISTEN connection back, say) still ends the wait at once.
+        let failures = engine.claim_failures.load(Ordering::Acquire);
+        let wait = if failures > 0 {
+            wait.max(claim_backoff(failures))
+        } else {
+            wait
+        };
         tokio::select! {
             _ = engine.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {}
         }
     }
+}
+
+/// The wait before claiming again after `failures` failed claims in a row.
+fn claim_backoff(failures: u32) -> Duration {
+    Duration::from_millis((100u64 << failures.min(6)).min(5_000))
 }
 
 /// A drain is over when nothing runs here and nothing that was due when it began is left.
