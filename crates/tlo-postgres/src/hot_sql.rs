@@ -15,6 +15,7 @@ pub(crate) struct HotSql {
     pub(crate) save_claimed: String,
     pub(crate) lock_many: String,
     pub(crate) lock_one: String,
+    pub(crate) get: String,
 }
 
 impl HotSql {
@@ -136,6 +137,7 @@ impl HotSql {
             // In id order, so that concurrent batches lock rows in the same order.
             lock_many: format!("SELECT {JOB} FROM {jobs} WHERE id = ANY($1) ORDER BY id FOR UPDATE"),
             lock_one: format!("SELECT {JOB} FROM {jobs} WHERE id = $1 FOR UPDATE"),
+            get: format!("SELECT {JOB} FROM {jobs} WHERE id = $1"),
         }
     }
 }

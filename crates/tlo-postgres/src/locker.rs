@@ -41,17 +41,19 @@ fn until(ttl: Duration) -> i64 {
 impl Locker for PostgresLocker {
     async fn try_acquire(&self, key: &str, owner: JobId, ttl: Duration) -> Result<bool> {
         let client = client(&self.pool, &self.url).await?;
-        let changed = client
-            .execute(
-                &format!(
-                    "INSERT INTO {t} (key, owner, expires) VALUES ($1, $2, $3)
+        let statement = prepared(
+            &client,
+            &format!(
+                "INSERT INTO {t} (key, owner, expires) VALUES ($1, $2, $3)
                      ON CONFLICT (key) DO UPDATE SET owner = excluded.owner,
                          expires = excluded.expires
                      WHERE {t}.expires < $4 OR {t}.owner = excluded.owner",
-                    t = self.table
-                ),
-                &[&key, &owner.0, &until(ttl), &now()],
-            )
+                t = self.table
+            ),
+        )
+        .await?;
+        let changed = client
+            .execute(&statement, &[&key, &owner.0, &until(ttl), &now()])
             .await
             .map_err(db_error)?;
         Ok(changed > 0)
@@ -59,14 +61,13 @@ impl Locker for PostgresLocker {
 
     async fn renew(&self, key: &str, owner: JobId, ttl: Duration) -> Result<bool> {
         let client = client(&self.pool, &self.url).await?;
+        let sql = format!(
+            "UPDATE {} SET expires = $3 WHERE key = $1 AND owner = $2",
+            self.table
+        );
+        let statement = prepared(&client, &sql).await?;
         let changed = client
-            .execute(
-                &format!(
-                    "UPDATE {} SET expires = $3 WHERE key = $1 AND owner = $2",
-                    self.table
-                ),
-                &[&key, &owner.0, &until(ttl)],
-            )
+            .execute(&statement, &[&key, &owner.0, &until(ttl)])
             .await
             .map_err(db_error)?;
         Ok(changed > 0)
@@ -74,11 +75,10 @@ impl Locker for PostgresLocker {
 
     async fn release(&self, key: &str, owner: JobId) -> Result<()> {
         let client = client(&self.pool, &self.url).await?;
+        let sql = format!("DELETE FROM {} WHERE key = $1 AND owner = $2", self.table);
+        let statement = prepared(&client, &sql).await?;
         client
-            .execute(
-                &format!("DELETE FROM {} WHERE key = $1 AND owner = $2", self.table),
-                &[&key, &owner.0],
-            )
+            .execute(&statement, &[&key, &owner.0])
             .await
             .map_err(db_error)?;
         Ok(())
@@ -86,16 +86,24 @@ impl Locker for PostgresLocker {
 
     async fn holder(&self, key: &str) -> Result<Option<JobId>> {
         let client = client(&self.pool, &self.url).await?;
+        let sql = format!(
+            "SELECT owner FROM {} WHERE key = $1 AND expires > $2",
+            self.table
+        );
+        let statement = prepared(&client, &sql).await?;
         let row = client
-            .query_opt(
-                &format!(
-                    "SELECT owner FROM {} WHERE key = $1 AND expires > $2",
-                    self.table
-                ),
-                &[&key, &now()],
-            )
+            .query_opt(&statement, &[&key, &now()])
             .await
             .map_err(db_error)?;
         Ok(row.map(|r| JobId(r.get::<_, Uuid>(0))))
     }
+}
+
+/// `sql` prepared once per connection (each job with an exclusivity key takes, renews and
+/// releases its lock: parsing and planning each statement every time cost a round trip more).
+async fn prepared(
+    client: &deadpool_postgres::Object,
+    sql: &str,
+) -> Result<tokio_postgres::Statement> {
+    client.prepare_cached(sql).await.map_err(db_error)
 }

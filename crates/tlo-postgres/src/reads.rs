@@ -35,11 +35,15 @@ impl PostgresStore {
     /// Job `id`, if stored.
     pub(crate) async fn read_job(&self, id: JobId) -> Result<Option<Job>> {
         let client = self.client().await?;
+        // Prepared once per connection: read for every child a parent waits on, every
+        // handle's wait, every `tlo show` (an unprepared query is parsed and planned each time,
+        // and costs a second round trip).
+        let statement = client
+            .prepare_cached(&self.sql.get)
+            .await
+            .map_err(db_error)?;
         client
-            .query_opt(
-                &format!("SELECT {JOB} FROM {} WHERE id = $1", self.t("jobs")),
-                &[&id.0],
-            )
+            .query_opt(&statement, &[&id.0])
             .await
             .map_err(db_error)?
             .map(|row| job_of(&row))

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -226,9 +227,19 @@ async fn hooks_events_and_metrics_see_every_outcome() {
         );
     }
     let mut seen = Vec::new();
+    let mut firsts: HashMap<tlo::JobId, (tlo::JobEventKind, JobState)> = HashMap::new();
     while let Ok(Some(event)) = tokio::time::timeout(ms(50), events.next()).await {
+        firsts
+            .entry(event.job)
+            .or_insert((event.kind.clone(), event.state));
         seen.push((event.task, event.state));
     }
+    // Each job's first event is its enqueue, in the state it was stored in.
+    assert_eq!(firsts.len(), 3, "{firsts:?}");
+    for first in firsts.values() {
+        assert_eq!(first, &(tlo::JobEventKind::Enqueued, JobState::Scheduled));
+    }
+    assert!(firsts.contains_key(&later.id()));
     assert!(
         seen.contains(&("flaky".into(), JobState::Failed)),
         "{seen:?}"
