@@ -207,3 +207,104 @@ async fn unreachable_server_is_named_without_its_password() {
     assert!(err.contains("postgres://app@127.0.0.1:1/db"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+/// A TCP proxy in front of the tests' server that counts the round trips its clients make: the
+/// `Sync` messages of PostgreSQL's extended query protocol (each ends one exchange). Returns
+/// the URL to connect through and the count.
+async fn counting_proxy() -> (String, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let target: tokio_postgres::Config = common::url().parse().unwrap();
+    let host = match &target.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        other => panic!("the round-trip test needs a TCP server, not {other:?}"),
+    };
+    let port = target.get_ports().first().copied().unwrap_or(5432);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxied = listener.local_addr().unwrap().port();
+    let syncs = Arc::new(AtomicUsize::new(0));
+    let counted = syncs.clone();
+    tokio::spawn(async move {
+        loop {
+            let (client, _) = listener.accept().await.unwrap();
+            let server = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .unwrap();
+            let (mut from_client, mut to_client) = client.into_split();
+            let (mut from_server, mut to_server) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+            });
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                // Client messages: the startup message (length, no type byte), then each a type
+                // byte and a length that counts itself.
+                let (mut pending, mut started, mut chunk) = (Vec::new(), false, [0u8; 8192]);
+                loop {
+                    let n = match from_client.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if to_server.write_all(&chunk[..n]).await.is_err() {
+                        return;
+                    }
+                    pending.extend_from_slice(&chunk[..n]);
+                    loop {
+                        let skip = usize::from(started);
+                        if pending.len() < skip + 4 {
+                            break;
+                        }
+                        let len = u32::from_be_bytes(pending[skip..skip + 4].try_into().unwrap());
+                        let whole = skip + len as usize;
+                        if pending.len() < whole {
+                            break;
+                        }
+                        if started && pending[0] == b'S' {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        started = true;
+                        pending.drain(..whole);
+                    }
+                }
+            });
+        }
+    });
+    let user = target.get_user().unwrap_or("postgres");
+    let password = target
+        .get_password()
+        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+        .unwrap_or_default();
+    let dbname = target.get_dbname().unwrap_or("postgres");
+    let url = format!("postgres://{user}{password}@127.0.0.1:{proxied}/{dbname}?sslmode=disable");
+    (url, syncs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_a_thousand_jobs_is_enqueued_in_one_round_trip() {
+    let (url, syncs) = counting_proxy().await;
+    let schema = common::schema().await;
+    let options = PostgresOptions {
+        schema,
+        pool_size: 1, // One connection: its statements are prepared once.
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::connect_with(&url, options).await.unwrap();
+    // The first enqueue prepares the statement on the connection.
+    store
+        .enqueue(vec![NewJob::new("warm", serde_json::json!(null))])
+        .await
+        .unwrap();
+    let before = syncs.load(Ordering::SeqCst);
+    let batch = (0..1000)
+        .map(|n| NewJob::new("t", serde_json::json!({ "n": n })))
+        .collect();
+    let enqueued = store.enqueue(batch).await.unwrap();
+    assert_eq!(enqueued.len(), 1000);
+    assert_eq!(syncs.load(Ordering::SeqCst) - before, 1, "round trips");
+    // The counter sees round trips at all: a second batch is one more.
+    store
+        .enqueue(vec![NewJob::new("t", serde_json::json!(null))])
+        .await
+        .unwrap();
+    assert_eq!(syncs.load(Ordering::SeqCst) - before, 2);
+    store.drop_schema().await.unwrap();
+}
