@@ -155,15 +155,7 @@ async fn a_workflow_run_survives_its_worker_being_killed() {
     )
     .unwrap();
     let mut victim = worker(&setup, "victim");
-    let submit = Command::new(env!("CARGO_BIN_EXE_tlo"))
-        .arg("-c")
-        .arg(&setup.config)
-        .args(["workflow", "run", "w"])
-        .env("TLO_TASK_STATE_STORE", "postgres")
-        .env("TLO_DATABASE_URL", url())
-        .env("TLO_DATABASE_SCHEMA", &setup.schema)
-        .output()
-        .unwrap();
+    let submit = tlo(&setup).args(["workflow", "run", "w"]).output().unwrap();
     assert!(
         submit.status.success(),
         "{}",
@@ -220,24 +212,8 @@ async fn a_cancel_from_another_process_reaches_a_running_shell_job_within_a_seco
     )
     .unwrap();
     let _worker = worker(&setup, "a");
-    let tlo = |args: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tlo"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("TLO_") {
-                command.env_remove(key);
-            }
-        }
-        command
-            .arg("-c")
-            .arg(&setup.config)
-            .args(args)
-            .env("TLO_TASK_STATE_STORE", "postgres")
-            .env("TLO_DATABASE_URL", url())
-            .env("TLO_DATABASE_SCHEMA", &setup.schema)
-            .output()
-            .unwrap()
-    };
-    let submitted = tlo(&["submit", "slow"]);
+    let run = |args: &[&str]| tlo(&setup).args(args).output().unwrap();
+    let submitted = run(&["submit", "slow"]);
     assert!(
         submitted.status.success(),
         "{}",
@@ -249,7 +225,7 @@ async fn a_cancel_from_another_process_reaches_a_running_shell_job_within_a_seco
         assert!(Instant::now() < deadline, "the job never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cancelled = tlo(&["cancel", &id]);
+    let cancelled = run(&["cancel", &id]);
     // The request is in the store once `tlo cancel` returns: the clock starts there.
     let asked = std::time::SystemTime::now();
     assert!(

@@ -15,15 +15,37 @@ use crate::store::client;
 #[derive(Clone, Debug)]
 pub struct PostgresLocker {
     pool: Pool,
-    table: String,
+    sql: Arc<LockSql>,
     url: Arc<str>,
+}
+
+/// The locker's statements, rendered once for the schema and prepared once per connection
+/// (each job with an exclusivity key takes, renews and releases its lock).
+#[derive(Debug)]
+struct LockSql {
+    acquire: String,
+    renew: String,
+    release: String,
+    holder: String,
 }
 
 impl PostgresLocker {
     pub(crate) fn new(pool: Pool, schema: Arc<str>, url: Arc<str>) -> Self {
+        let t = format!("{schema}.locks");
+        let sql = LockSql {
+            acquire: format!(
+                "INSERT INTO {t} (key, owner, expires) VALUES ($1, $2, $3)
+                 ON CONFLICT (key) DO UPDATE SET owner = excluded.owner,
+                     expires = excluded.expires
+                 WHERE {t}.expires < $4 OR {t}.owner = excluded.owner"
+            ),
+            renew: format!("UPDATE {t} SET expires = $3 WHERE key = $1 AND owner = $2"),
+            release: format!("DELETE FROM {t} WHERE key = $1 AND owner = $2"),
+            holder: format!("SELECT owner FROM {t} WHERE key = $1 AND expires > $2"),
+        };
         PostgresLocker {
             pool,
-            table: format!("{schema}.locks"),
+            sql: Arc::new(sql),
             url,
         }
     }
@@ -41,17 +63,7 @@ fn until(ttl: Duration) -> i64 {
 impl Locker for PostgresLocker {
     async fn try_acquire(&self, key: &str, owner: JobId, ttl: Duration) -> Result<bool> {
         let client = client(&self.pool, &self.url).await?;
-        let statement = prepared(
-            &client,
-            &format!(
-                "INSERT INTO {t} (key, owner, expires) VALUES ($1, $2, $3)
-                     ON CONFLICT (key) DO UPDATE SET owner = excluded.owner,
-                         expires = excluded.expires
-                     WHERE {t}.expires < $4 OR {t}.owner = excluded.owner",
-                t = self.table
-            ),
-        )
-        .await?;
+        let statement = prepared(&client, &self.sql.acquire).await?;
         let changed = client
             .execute(&statement, &[&key, &owner.0, &until(ttl), &now()])
             .await
@@ -61,11 +73,7 @@ impl Locker for PostgresLocker {
 
     async fn renew(&self, key: &str, owner: JobId, ttl: Duration) -> Result<bool> {
         let client = client(&self.pool, &self.url).await?;
-        let sql = format!(
-            "UPDATE {} SET expires = $3 WHERE key = $1 AND owner = $2",
-            self.table
-        );
-        let statement = prepared(&client, &sql).await?;
+        let statement = prepared(&client, &self.sql.renew).await?;
         let changed = client
             .execute(&statement, &[&key, &owner.0, &until(ttl)])
             .await
@@ -75,8 +83,7 @@ impl Locker for PostgresLocker {
 
     async fn release(&self, key: &str, owner: JobId) -> Result<()> {
         let client = client(&self.pool, &self.url).await?;
-        let sql = format!("DELETE FROM {} WHERE key = $1 AND owner = $2", self.table);
-        let statement = prepared(&client, &sql).await?;
+        let statement = prepared(&client, &self.sql.release).await?;
         client
             .execute(&statement, &[&key, &owner.0])
             .await
@@ -86,11 +93,7 @@ impl Locker for PostgresLocker {
 
     async fn holder(&self, key: &str) -> Result<Option<JobId>> {
         let client = client(&self.pool, &self.url).await?;
-        let sql = format!(
-            "SELECT owner FROM {} WHERE key = $1 AND expires > $2",
-            self.table
-        );
-        let statement = prepared(&client, &sql).await?;
+        let statement = prepared(&client, &self.sql.holder).await?;
         let row = client
             .query_opt(&statement, &[&key, &now()])
             .await
@@ -99,8 +102,8 @@ impl Locker for PostgresLocker {
     }
 }
 
-/// `sql` prepared once per connection (each job with an exclusivity key takes, renews and
-/// releases its lock: parsing and planning each statement every time cost a round trip more).
+/// `sql` prepared once per connection (parsing and planning it on every call cost a round
+/// trip more).
 async fn prepared(
     client: &deadpool_postgres::Object,
     sql: &str,

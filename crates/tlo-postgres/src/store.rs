@@ -42,8 +42,8 @@ pub struct PostgresOptions {
     /// Connections in the pool (default 16).
     pub pool_size: usize,
     /// Wake workers by LISTEN/NOTIFY (default true). False: workers find new jobs by polling
-    /// alone, every `poll_interval`; for servers reached through a pooler in transaction mode,
-    /// where a LISTEN does not stay with its connection.
+    /// alone, every `poll_interval`; for a deployment that cannot keep one more connection per
+    /// process open for LISTEN, or whose proxy does not pass notifications on.
     pub listen: bool,
 }
 

@@ -83,10 +83,9 @@ pub(crate) async fn tick(
             .schedule_args
             .clone()
             .unwrap_or_else(|| json!({}));
-        let options = SubmitOptions::new()
-            .metadata("schedule_slot", Value::from(slot.to_rfc3339()))
-            .unique_key(key);
-        engine.submit(name, args, options, false).await?;
+        engine
+            .submit(name, args, slot_submission(slot, key), false)
+            .await?;
         engine.store.claim_schedule_slot(name, slot).await?;
     }
     Ok(())
@@ -95,6 +94,13 @@ pub(crate) async fn tick(
 /// The unique key of the job of `task`'s schedule slot `slot`.
 fn slot_key(task: &str, slot: DateTime<Utc>) -> String {
     format!("schedule:{task}:{}", slot.to_rfc3339())
+}
+
+/// How the job of schedule slot `slot` is submitted: marked with its slot, under its key.
+fn slot_submission(slot: DateTime<Utc>, key: String) -> SubmitOptions {
+    SubmitOptions::new()
+        .metadata("schedule_slot", Value::from(slot.to_rfc3339()))
+        .unique_key(key)
 }
 
 /// The due slots of the schedule `name` not yet claimed, oldest first; slots the misfire policy
@@ -178,9 +184,7 @@ mod tests {
             .unwrap();
         assert_eq!(slots.len(), 1, "the first tick fires one slot");
         // What the dead scheduler did: the slot's job, no claim.
-        let options = SubmitOptions::new()
-            .metadata("schedule_slot", Value::from(slots[0].to_rfc3339()))
-            .unique_key(slot_key("report", slots[0]));
+        let options = slot_submission(slots[0], slot_key("report", slots[0]));
         engine
             .submit("report", json!({}), options, false)
             .await

@@ -83,21 +83,27 @@ pub async fn setup(name: &str, jobs: usize) -> Setup {
     }
 }
 
-pub fn worker(setup: &Setup, id: &str) -> Worker {
+/// `tlo` on the setup's config and schema, the machine's `TLO_*` variables cleared.
+pub fn tlo(setup: &Setup) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tlo"));
     for (key, _) in std::env::vars() {
         if key.starts_with("TLO_") {
             command.env_remove(key);
         }
     }
+    command
+        .arg("-c")
+        .arg(&setup.config)
+        .env("TLO_TASK_STATE_STORE", "postgres")
+        .env("TLO_DATABASE_URL", &setup.worker_url)
+        .env("TLO_DATABASE_SCHEMA", &setup.schema);
+    command
+}
+
+pub fn worker(setup: &Setup, id: &str) -> Worker {
     Worker(
-        command
-            .arg("-c")
-            .arg(&setup.config)
+        tlo(setup)
             .arg("worker")
-            .env("TLO_TASK_STATE_STORE", "postgres")
-            .env("TLO_DATABASE_URL", &setup.worker_url)
-            .env("TLO_DATABASE_SCHEMA", &setup.schema)
             .env("TLO_WORKER_ID", id)
             .env("TLO_CONCURRENCY", "8")
             .env("TLO_LEASE_SECS", "3")
